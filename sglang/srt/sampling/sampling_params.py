@@ -1,0 +1,172 @@
+"""SamplingParams of one request: parsed from the HTTP dict, validated, normalized."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+_GREEDY_EPS = 1e-6
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    stop: Union[str, list[str], None] = None
+    stop_token_ids: Optional[list[int]] = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    n: int = 1
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    no_stop_trim: bool = False
+    regex: Optional[str] = None
+    json_schema: Optional[str] = None  # always a JSON string after normalize()
+    ebnf: Optional[str] = None
+    seed: Optional[int] = None
+    # Filled by normalize(): the stop strings as a list
+    stop_strs: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict[str, Any]]) -> "SamplingParams":
+        """Build from a request's `sampling_params`; ValueError names an unknown or bad field."""
+        if d is None:
+            d = {}
+        if not isinstance(d, dict):
+            raise ValueError(f"sampling_params must be an object, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"stop_strs"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown sampling parameter(s): {', '.join(unknown)}")
+        d = {k: v for k, v in d.items() if v is not None or k in _NULLABLE}
+        params = cls(**d)
+        params.verify()
+        params.normalize()
+        return params
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature < _GREEDY_EPS or self.top_k == 1
+
+    @property
+    def grammar(self) -> Optional[tuple[str, str]]:
+        """(kind, text) of the constraint, or None."""
+        for kind in ("regex", "json_schema", "ebnf"):
+            value = getattr(self, kind)
+            if value is not None:
+                return kind, value
+        return None
+
+    def verify(self) -> None:
+        _check_type("max_new_tokens", self.max_new_tokens, int)
+        _check_type("min_new_tokens", self.min_new_tokens, int)
+        _check_type("n", self.n, int)
+        _check_type("top_k", self.top_k, int)
+        for name in ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty",
+                     "repetition_penalty"):
+            _check_type(name, getattr(self, name), (int, float))
+        for name in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens",
+                     "no_stop_trim"):
+            _check_type(name, getattr(self, name), bool)
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.min_new_tokens < 0:
+            raise ValueError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(
+                f"min_new_tokens ({self.min_new_tokens}) must be <= max_new_tokens "
+                f"({self.max_new_tokens})"
+            )
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 1 and self.top_k != -1:
+            raise ValueError(f"top_k must be -1 (off) or >= 1, got {self.top_k}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if not -2 <= self.frequency_penalty <= 2:
+            raise ValueError(f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}")
+        if not -2 <= self.presence_penalty <= 2:
+            raise ValueError(f"presence_penalty must be in [-2, 2], got {self.presence_penalty}")
+        if not 0 < self.repetition_penalty <= 2:
+            raise ValueError(f"repetition_penalty must be in (0, 2], got {self.repetition_penalty}")
+        if not 1 <= self.n <= 128:
+            raise ValueError(f"n must be in [1, 128], got {self.n}")
+        self._verify_stop()
+        self._verify_grammar()
+        if self.seed is not None:
+            _check_type("seed", self.seed, int)
+
+    def _verify_stop(self) -> None:
+        stop = self.stop
+        if stop is not None and not isinstance(stop, (str, list)):
+            raise ValueError(f"stop must be a string or a list of strings, got {stop!r}")
+        if isinstance(stop, list) and not all(isinstance(s, str) for s in stop):
+            raise ValueError(f"stop must be a string or a list of strings, got {stop!r}")
+        if self.stop_token_ids is not None:
+            ids = self.stop_token_ids
+            if not isinstance(ids, list) or not all(_is_int(i) and i >= 0 for i in ids):
+                raise ValueError(f"stop_token_ids must be a list of token ids, got {ids!r}")
+
+    def _verify_grammar(self) -> None:
+        given = [k for k in ("regex", "json_schema", "ebnf") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"at most one of regex, json_schema, ebnf may be set; got {given}")
+        if self.regex is not None:
+            _check_type("regex", self.regex, str)
+            if self.regex == "":
+                raise ValueError("regex must not be empty")
+        if self.ebnf is not None:
+            _check_type("ebnf", self.ebnf, str)
+            if not self.ebnf.strip():
+                raise ValueError("ebnf must not be empty")
+        if self.json_schema is not None and not isinstance(self.json_schema, (str, dict, bool)):
+            raise ValueError(f"json_schema must be a JSON string or an object, got {self.json_schema!r}")
+
+    def normalize(self) -> None:
+        import json
+
+        if self.stop is None:
+            self.stop_strs = []
+        elif isinstance(self.stop, str):
+            self.stop_strs = [self.stop] if self.stop else []
+        else:
+            self.stop_strs = [s for s in self.stop if s]
+        if self.json_schema is not None and not isinstance(self.json_schema, str):
+            self.json_schema = json.dumps(self.json_schema)
+        if self.json_schema is not None:
+            try:
+                json.loads(self.json_schema)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"json_schema is not valid JSON: {e}") from None
+        self.temperature = float(self.temperature)
+        self.top_p = float(self.top_p)
+        self.min_p = float(self.min_p)
+        if self.top_k == -1:
+            self.top_k = 1 << 30  # "off": larger than any vocabulary
+
+    def max_stop_str_len(self) -> int:
+        return max((len(s) for s in self.stop_strs), default=0)
+
+
+_NULLABLE = {"stop", "stop_token_ids", "regex", "json_schema", "ebnf", "seed"}
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_type(name: str, value: Any, types: Any) -> None:
+    ok = isinstance(value, types)
+    if types is int or types == (int, float):
+        ok = ok and not isinstance(value, bool)
+    if not ok:
+        raise ValueError(f"{name} has the wrong type: {value!r}")

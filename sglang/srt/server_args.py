@@ -1,0 +1,127 @@
+"""ServerArgs: every flag of `launch_server`, one dataclass; argparse reads its defaults from it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class ServerArgs:
+    # Model
+    model_path: Optional[str] = None  # None: the embedded default model
+    tokenizer_path: Optional[str] = None
+    served_model_name: Optional[str] = None
+    chat_template: Optional[str] = None  # a template name or a Jinja file; None: the model's own
+    context_length: Optional[int] = None  # None: from the model config
+    dtype: str = "auto"  # auto | bfloat16 | float32 | float16
+    device: str = "auto"  # auto | cpu | cuda
+    trust_remote_code: bool = False
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = 30000
+    api_key: Optional[str] = None
+
+    # Memory and scheduling
+    max_total_tokens: Optional[int] = None  # KV pool size in tokens; None: from free memory
+    max_running_requests: Optional[int] = None
+    chunked_prefill_size: int = 512
+    max_prefill_tokens: int = 4096
+    schedule_policy: str = "lpm"  # lpm | fcfs
+    disable_radix_cache: bool = False
+    mem_fraction_static: float = 0.25  # share of free memory given to the KV pool when not set
+
+    # Structured generation
+    grammar_backend: str = "llguidance"  # llguidance | xgrammar | none
+    disable_jump_forward: bool = False
+
+    # Misc
+    log_level: str = "info"
+    random_seed: int = 0
+    num_threads: Optional[int] = None  # torch threads in the scheduler; None: all cores
+    stream_interval: int = 1
+    watchdog_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def check(self) -> None:
+        """Raise ValueError naming the first bad value."""
+        choices = {
+            "dtype": ("auto", "bfloat16", "float32", "float16"),
+            "device": ("auto", "cpu", "cuda"),
+            "schedule_policy": ("lpm", "fcfs"),
+            "grammar_backend": ("llguidance", "xgrammar", "none"),
+            "log_level": ("debug", "info", "warning", "error", "critical"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {allowed}")
+        positive = ("context_length", "max_total_tokens", "max_running_requests", "num_threads")
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name}={value!r}: must be positive")
+        if self.chunked_prefill_size <= 0:
+            raise ValueError(f"chunked_prefill_size={self.chunked_prefill_size!r}: must be positive")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port={self.port!r}: must be in 1..65535")
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        defaults = ServerArgs.__new__(ServerArgs)
+        for f in dataclasses.fields(ServerArgs):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            object.__setattr__(defaults, f.name, default)
+            flag = "--" + f.name.replace("_", "-")
+            if f.type in ("bool", bool):
+                parser.add_argument(flag, action="store_true", default=default)
+                continue
+            kind = {"int": int, "float": float}.get(_base_type(f.type), str)
+            parser.add_argument(flag, type=kind, default=default)
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> "ServerArgs":
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: getattr(args, n) for n in names})
+
+    def logging_level(self) -> int:
+        return getattr(logging, self.log_level.upper())
+
+
+def _base_type(type_name: str) -> str:
+    """'Optional[int]' -> 'int'."""
+    name = str(type_name)
+    if name.startswith("Optional["):
+        name = name[len("Optional[") : -1]
+    return name
+
+
+def prepare_server_args(argv: list[str]) -> ServerArgs:
+    parser = argparse.ArgumentParser(prog="python -m sglang.launch_server")
+    ServerArgs.add_cli_args(parser)
+    return ServerArgs.from_cli_args(parser.parse_args(argv))
+
+
+
+@dataclass
+class PortArgs:
+    """ZMQ endpoints between the HTTP process and the scheduler process."""
+
+    scheduler_input_ipc: str  # tokenizer manager PUSH -> scheduler PULL
+    tokenizer_ipc: str  # scheduler PUSH -> tokenizer manager PULL
+
+    @classmethod
+    def new(cls) -> "PortArgs":
+        import tempfile
+
+        base = tempfile.mkdtemp(prefix="sglang-ipc-")
+        return cls(f"ipc://{base}/scheduler", f"ipc://{base}/tokenizer")
