@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import itertools
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
+
+if TYPE_CHECKING:
+    from sglang.lang.backend.base import BaseBackend
+    from sglang.lang.choices import ChoicesSamplingMethod
+    from sglang.lang.interpreter import ProgramState
+    from sglang.lang.tracer import TracedProgram
 
 
 @dataclass
@@ -66,3 +74,274 @@ class SglSamplingParams:
             "ebnf": self.grammar,
         }
         return {k: v for k, v in d.items() if v is not None}
+
+
+SAMPLING_PARAM_NAMES = frozenset(f.name for f in dataclasses.fields(SglSamplingParams))
+# The sampling parameters `run(...)` / `run_batch(...)` accept as defaults for every gen.
+RUN_SAMPLING_PARAM_NAMES = SAMPLING_PARAM_NAMES - {"json_schema", "regex", "grammar", "dtype", "n"}
+
+
+# ---------------------------------------------------------------- expression nodes
+
+_node_ids = itertools.count()
+
+
+class SglExpr:
+    """A node of a program: appended to a state with `s += expr`; `+` concatenates nodes."""
+
+    def __init__(self) -> None:
+        self.node_id = next(_node_ids)
+
+    def __add__(self, other: Union[str, "SglExpr"]) -> "SglExprList":
+        return SglExprList([self, to_expr(other)])
+
+    def __radd__(self, other: Union[str, "SglExpr"]) -> "SglExprList":
+        return SglExprList([to_expr(other), self])
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "node_id")
+        return f"{type(self).__name__}({fields})"
+
+
+def to_expr(value: Union[str, SglExpr, list[Any], tuple[Any, ...]]) -> SglExpr:
+    """Turn what may be appended to a state into a node; TypeError for anything else."""
+    if isinstance(value, SglExpr):
+        return value
+    if isinstance(value, str):
+        return SglConstantText(value)
+    if isinstance(value, (list, tuple)):
+        return SglExprList([to_expr(v) for v in value])
+    raise TypeError(f"cannot append {type(value).__name__} {value!r} to a program state")
+
+
+class SglExprList(SglExpr):
+    def __init__(self, expr_list: list[SglExpr]) -> None:
+        super().__init__()
+        self.expr_list = _flatten(expr_list)
+
+
+def _flatten(exprs: list[SglExpr]) -> list[SglExpr]:
+    out: list[SglExpr] = []
+    for e in exprs:
+        out.extend(e.expr_list if isinstance(e, SglExprList) else [e])
+    return out
+
+
+class SglConstantText(SglExpr):
+    def __init__(self, value: str) -> None:
+        super().__init__()
+        self.value = value
+
+
+class SglGen(SglExpr):
+    """A generation; `overrides` holds only the sampling parameters the call set."""
+
+    def __init__(self, name: Optional[str], overrides: dict[str, Any]) -> None:
+        super().__init__()
+        self.name = name
+        self.overrides = overrides
+
+    def resolve(self, defaults: SglSamplingParams) -> SglSamplingParams:
+        return dataclasses.replace(defaults, **self.overrides)
+
+
+class SglSelect(SglExpr):
+    def __init__(
+        self,
+        name: Optional[str],
+        choices: list[str],
+        temperature: float,
+        choices_method: "ChoicesSamplingMethod",
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.choices = choices
+        self.temperature = temperature
+        self.choices_method = choices_method
+
+
+class SglImage(SglExpr):
+    def __init__(self, path: Union[str, bytes]) -> None:
+        super().__init__()
+        self.path = path
+
+
+class SglVideo(SglExpr):
+    def __init__(self, path: str, num_frames: int) -> None:
+        super().__init__()
+        self.path = path
+        self.num_frames = num_frames
+
+
+class SglRoleBegin(SglExpr):
+    def __init__(self, role: str) -> None:
+        super().__init__()
+        self.role = role
+
+
+class SglRoleEnd(SglExpr):
+    def __init__(self, role: str) -> None:
+        super().__init__()
+        self.role = role
+
+
+class SglVarScopeBegin(SglExpr):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+
+class SglVarScopeEnd(SglExpr):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+
+class SglCommitLazy(SglExpr):
+    """Ask the backend to run operations it deferred (e.g. caching the prompt so far)."""
+
+
+class SglVariable(SglExpr):
+    """A reference to a variable: its value is appended once it exists."""
+
+    def __init__(self, name: str, source: Optional["ProgramState"] = None) -> None:
+        super().__init__()
+        self.name = name
+        self.source = source
+
+
+class TracingError(Exception):
+    """A traced program used a placeholder argument in a way tracing cannot follow."""
+
+
+class SglArgument(SglExpr):
+    """A placeholder for a program argument while tracing; it cannot be turned into text."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def __str__(self) -> str:
+        raise TracingError(f"argument {self.name!r} was used as text while tracing")
+
+    def __format__(self, spec: str) -> str:
+        raise TracingError(f"argument {self.name!r} was formatted while tracing")
+
+    def __iter__(self) -> Iterator[Any]:
+        raise TracingError(f"argument {self.name!r} was iterated while tracing")
+
+
+# ---------------------------------------------------------------- SglFunction
+
+
+class SglFunction:
+    """A program: a Python function whose first parameter is the program state."""
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        num_api_spec_tokens: Optional[int] = None,
+        bind_arguments: Optional[dict[str, Any]] = None,
+    ) -> None:
+        if not callable(func):
+            raise ValueError(f"@function expects a function, got {func!r}")
+        params = list(inspect.signature(func).parameters.values())
+        if not params:
+            raise ValueError(f"program {func.__name__!r} needs a first parameter for the state")
+        self.func = func
+        self.num_api_spec_tokens = num_api_spec_tokens
+        self.bind_arguments = dict(bind_arguments or {})
+        self.arg_names = [p.name for p in params[1:]]
+        self.__name__ = getattr(func, "__name__", "program")
+        self.__doc__ = func.__doc__
+
+    def bind(self, **kwargs: Any) -> "SglFunction":
+        """A copy of this program with some arguments fixed."""
+        unknown = sorted(set(kwargs) - set(self.arg_names))
+        if unknown:
+            raise ValueError(f"bind(): {self.__name__} has no argument(s) {unknown}")
+        return SglFunction(self.func, self.num_api_spec_tokens, {**self.bind_arguments, **kwargs})
+
+    def run(
+        self,
+        *args: Any,
+        stream: bool = False,
+        backend: Optional["BaseBackend"] = None,
+        **kwargs: Any,
+    ) -> "ProgramState":
+        """Run the program once; keyword arguments named like sampling parameters
+        (max_new_tokens, stop, temperature, top_p, ...) are defaults for every gen."""
+        from sglang.lang.interpreter import run_program
+
+        sampling, program_kwargs = split_sampling_kwargs(kwargs)
+        return run_program(self, _pick_backend(backend), args, program_kwargs, sampling, stream)
+
+    def run_batch(
+        self,
+        batch_kwargs: list[dict[str, Any]],
+        *,
+        backend: Optional["BaseBackend"] = None,
+        num_threads: Union[str, int] = "auto",
+        progress_bar: bool = False,
+        generator_style: bool = False,
+        **sampling: Any,
+    ) -> Union[list["ProgramState"], Iterator["ProgramState"]]:
+        """Run the program once per kwargs dict, concurrently; states come back in input order."""
+        from sglang.lang.interpreter import run_program_batch
+
+        defaults, rest = split_sampling_kwargs(sampling)
+        if rest:
+            raise ValueError(f"run_batch(): unknown keyword argument(s) {sorted(rest)}")
+        check_batch_kwargs(batch_kwargs)
+        return run_program_batch(
+            self,
+            _pick_backend(backend),
+            batch_kwargs,
+            defaults,
+            num_threads,
+            progress_bar,
+            generator_style,
+        )
+
+    def trace(self, *, backend: Optional["BaseBackend"] = None, **kwargs: Any) -> "TracedProgram":
+        """Record the program's nodes without running any generation (unset arguments are
+        placeholders)."""
+        from sglang.lang.tracer import trace_program
+
+        return trace_program(self, kwargs, backend)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "ProgramState":
+        return self.run(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"SglFunction({self.__name__})"
+
+
+def split_sampling_kwargs(kwargs: dict[str, Any]) -> tuple[SglSamplingParams, dict[str, Any]]:
+    """Split run()'s keyword arguments into sampling defaults and the program's own."""
+    sampling = {k: v for k, v in kwargs.items() if k in RUN_SAMPLING_PARAM_NAMES}
+    rest = {k: v for k, v in kwargs.items() if k not in RUN_SAMPLING_PARAM_NAMES}
+    if sampling.get("stop") is None:
+        sampling.pop("stop", None)
+    return SglSamplingParams(**sampling), rest
+
+
+def check_batch_kwargs(batch_kwargs: Any) -> None:
+    if not isinstance(batch_kwargs, (list, tuple)):
+        raise ValueError(
+            f"run_batch() expects a list of kwargs dicts, got {type(batch_kwargs).__name__}"
+        )
+    for i, kw in enumerate(batch_kwargs):
+        if not isinstance(kw, dict):
+            raise ValueError(f"run_batch(): item {i} is {kw!r}, expected a dict of arguments")
+
+
+def _pick_backend(backend: Optional["BaseBackend"]) -> "BaseBackend":
+    from sglang.global_config import global_config
+
+    chosen = backend if backend is not None else global_config.default_backend
+    if chosen is None:
+        raise ValueError(
+            "no backend: pass backend=... or call sglang.set_default_backend(...) first"
+        )
+    return getattr(chosen, "endpoint", chosen)  # a Runtime stands for its endpoint

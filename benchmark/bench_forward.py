@@ -1,0 +1,131 @@
+"""ModelRunner.forward alone: prefill and decode throughput, and where one decode step's time goes.
+
+    python benchmark/bench_forward.py [--model-path PATH] [--dtype bfloat16] [--threads 2]
+
+Decode runs over a synthetic context (KV slots allocated, not computed): attention costs the
+same whatever the cached values are, and filling 64 x 300 tokens by prefill would dominate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from sglang.srt.model_executor.forward_batch import ForwardBatch, ForwardMode
+from sglang.srt.model_executor.model_runner import ModelRunner
+from sglang.srt.server_args import ServerArgs
+
+
+class Requests:
+    """Rows and KV slots for a set of synthetic requests on one runner."""
+
+    def __init__(self, runner: ModelRunner, batch: int, context: int) -> None:
+        self.runner = runner
+        pool = runner.req_to_token_pool
+        self.rows = [pool.alloc() for _ in range(batch)]
+        self.lens = [0] * batch
+        if context:
+            self.batch(ForwardMode.EXTEND, [context] * batch)  # reserve slots only
+
+    def batch(self, mode: ForwardMode, new: list[int]) -> ForwardBatch:
+        """A ForwardBatch adding new[i] tokens to request i (token ids are arbitrary)."""
+        pool, alloc = self.runner.req_to_token_pool, self.runner.token_to_kv_pool_allocator
+        locs, positions = [], []
+        for i, n in enumerate(new):
+            slots = alloc.alloc(n)
+            assert slots is not None, "KV pool too small for the benchmark"
+            pool.req_to_token[self.rows[i], self.lens[i] : self.lens[i] + n] = slots
+            locs.append(slots)
+            positions.append(torch.arange(self.lens[i], self.lens[i] + n))
+            self.lens[i] += n
+        prefix = [length - n for length, n in zip(self.lens, new)]
+        return ForwardBatch(
+            mode=mode,
+            batch_size=len(new),
+            input_ids=torch.randint(100, 1000, (sum(new),)),
+            positions=torch.cat(positions),
+            out_cache_loc=torch.cat(locs),
+            req_pool_indices=torch.tensor(self.rows),
+            seq_lens=torch.tensor(self.lens),
+            req_to_token=pool.req_to_token,
+            seq_lens_cpu=list(self.lens),
+            extend_prefix_lens_cpu=prefix,
+            extend_seq_lens_cpu=list(new),
+        )
+
+
+def fresh(runner: ModelRunner) -> None:
+    runner.req_to_token_pool.clear()
+    runner.token_to_kv_pool_allocator.clear()
+
+
+def bench_prefill(runner: ModelRunner, length: int, repeats: int) -> float:
+    times = []
+    for _ in range(repeats + 1):  # the first pass warms up
+        fresh(runner)
+        fb = Requests(runner, 1, 0).batch(ForwardMode.EXTEND, [length])
+        start = time.perf_counter()
+        runner.forward(fb)
+        times.append(time.perf_counter() - start)
+    return length / statistics.median(times[1:])
+
+
+def bench_decode(runner: ModelRunner, batch: int, context: int, steps: int) -> tuple[float, float]:
+    """(tokens/s, median ms per step) of `steps` decode steps after 3 warm-up steps."""
+    fresh(runner)
+    reqs = Requests(runner, batch, context)
+    times = []
+    for _ in range(steps + 3):
+        fb = reqs.batch(ForwardMode.DECODE, [1] * batch)
+        start = time.perf_counter()
+        runner.forward(fb)
+        times.append(time.perf_counter() - start)
+    step = statistics.median(times[3:])
+    return batch / step, step * 1e3
+
+
+def profile_decode(runner: ModelRunner, batch: int, context: int, rows: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    fresh(runner)
+    reqs = Requests(runner, batch, context)
+    for _ in range(3):
+        runner.forward(reqs.batch(ForwardMode.DECODE, [1] * batch))
+    fbs = [reqs.batch(ForwardMode.DECODE, [1] * batch) for _ in range(5)]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for fb in fbs:
+            runner.forward(fb)
+    print(f"\n== decode step profile: batch {batch}, context {context} (5 steps) ==")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-path", default=None)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--prefill-len", type=int, default=512)
+    parser.add_argument("--context", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--no-profile", action="store_true")
+    args = parser.parse_args()
+    runner = ModelRunner(
+        ServerArgs(model_path=args.model_path, dtype=args.dtype, num_threads=args.threads)
+    )
+    runner.init_memory_pool(max_total_tokens=64 * (args.context + args.steps + 16) + 4096)
+    print(f"device {runner.device}, dtype {runner.dtype}, threads {torch.get_num_threads()}")
+    tps = bench_prefill(runner, args.prefill_len, repeats=3)
+    print(f"prefill {args.prefill_len} tokens: {tps:8.0f} tok/s")
+    for batch in (1, 64):
+        tps, ms = bench_decode(runner, batch, args.context, args.steps)
+        print(f"decode batch {batch:3d} @ ctx {args.context}: {tps:8.0f} tok/s  {ms:6.1f} ms/step")
+    if not args.no_profile:
+        profile_decode(runner, 1, args.context, rows=20)
+        profile_decode(runner, 64, args.context, rows=20)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,803 @@
+"""OpenAI backend (OpenAI, Azure or any OpenAI-compatible server) and what all API backends share."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hashlib
+import importlib
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypeVar, Union
+
+from sglang.lang.backend.base import BaseBackend
+from sglang.lang.chat_template import ChatTemplate, get_chat_template
+from sglang.lang.choices import ChoicesDecision, ChoicesSamplingMethod, mean_logprob
+from sglang.lang.ir import SglSamplingParams
+from sglang.utils import data_url, guess_mime
+
+if TYPE_CHECKING:
+    from sglang.lang.interpreter import StreamExecutor
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# ---------------------------------------------------------------------------------------------
+# Shared by every API-model backend (anthropic.py, vertexai.py and litellm.py import these).
+# ---------------------------------------------------------------------------------------------
+
+
+def import_sdk(module: str, extra: str) -> ModuleType:
+    """Import a provider SDK, or fail with the pip extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(
+            f'This backend needs the `{module}` package: pip install "sglang[{extra}]"'
+        ) from e
+
+
+def require_env(names: tuple[str, ...], what: str) -> str:
+    """The first of `names` set in the environment, or a ValueError naming them all."""
+    for name in names:
+        if os.environ.get(name):
+            return os.environ[name]
+    raise ValueError(f"{what} needs an API key: set the {' or '.join(names)} environment variable")
+
+
+@dataclass
+class TokenUsage:
+    """Tokens an API backend was billed for, summed over its calls (safe across threads).
+
+    Attributes
+    ----------
+    prompt_tokens, completion_tokens
+        Sums of the usage each API response reported.
+    num_calls
+        API calls that returned (retries of a failed call are not counted).
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    num_calls: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, prompt_tokens: Optional[int], completion_tokens: Optional[int]) -> None:
+        with self._lock:
+            self.prompt_tokens += prompt_tokens or 0
+            self.completion_tokens += completion_tokens or 0
+            self.num_calls += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self.prompt_tokens = self.completion_tokens = self.num_calls = 0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry transient API errors with exponential backoff: base_delay * 2**attempt, capped."""
+
+    max_retries: int = 5
+    base_delay: float = 1.0
+    max_delay: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.base_delay < 0:
+            raise ValueError(f"retry_base_delay must be >= 0, got {self.base_delay}")
+
+    def delay(self, attempt: int) -> float:
+        return min(self.max_delay, self.base_delay * (2**attempt))
+
+    def call(self, fn: Callable[[], T], is_retryable: Callable[[Exception], bool]) -> T:
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except Exception as e:
+                if attempt >= self.max_retries or not is_retryable(e):
+                    raise
+                wait = self.delay(attempt)
+                logger.warning("API call failed (%s); retry %d in %.1fs", e, attempt + 1, wait)
+                time.sleep(wait)
+                attempt += 1
+
+
+_DEFAULT_PARAMS = SglSamplingParams()
+
+
+def set_params(params: SglSamplingParams) -> dict[str, Any]:
+    """The sampling parameters that differ from their defaults (dtype excluded: the
+    interpreter handles it)."""
+    out = {}
+    for f in dataclasses.fields(params):
+        value, default = getattr(params, f.name), getattr(_DEFAULT_PARAMS, f.name)
+        if f.name == "stop":
+            value, default = params.stop_list(), []
+        if f.name != "dtype" and value != default:
+            out[f.name] = value
+    return out
+
+
+def reject_unsupported(params: SglSamplingParams, supported: frozenset[str], api: str) -> None:
+    """Raise ValueError for the first set parameter the API cannot honour (never drop it)."""
+    for name, value in set_params(params).items():
+        if name not in supported:
+            hint = " (constrained decoding needs a local model: use RuntimeEndpoint)"
+            hint = hint if name in ("regex", "grammar") else ""
+            raise ValueError(f"{api} does not support the gen parameter {name}={value!r}{hint}")
+
+
+def finish_reason(provider_reason: Optional[str], matched: Optional[str] = None) -> dict[str, Any]:
+    """A provider's finish reason as the runtime's {"type": "stop"|"length"|"abort", ...}."""
+    reason = (provider_reason or "stop").lower()
+    if reason in ("length", "max_tokens"):
+        return {"type": "length"}
+    if reason in ("stop", "end_turn", "stop_sequence", "eos", "finish_reason_unspecified"):
+        return {"type": "stop", "matched": matched}
+    return {"type": "abort", "message": reason}
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """One image of a message: its media type and base64 data."""
+
+    media_type: str
+    data: str
+
+    @property
+    def data_url(self) -> str:
+        return f"data:{self.media_type};base64,{self.data}"
+
+    def raw_bytes(self) -> bytes:
+        return base64.b64decode(self.data)
+
+
+def image_from_url(url: str) -> ImagePart:
+    """An image from an OpenAI-style base64 data URL."""
+    if not url.startswith("data:") or ";base64," not in url:
+        raise ValueError(f"only base64 data URLs can be sent as images, got {url[:60]!r}")
+    media_type, data = url[len("data:") :].split(";base64,", 1)
+    if not media_type:
+        try:
+            media_type = guess_mime(base64.b64decode(data[:64] + "=" * (-len(data[:64]) % 4)))
+        except binascii.Error as e:
+            raise ValueError(f"image data is not valid base64: {data[:32]!r}") from e
+    return ImagePart(media_type, data)
+
+
+def content_parts(content: Union[str, list[dict[str, Any]]]) -> list[Union[str, ImagePart]]:
+    """A message's OpenAI-style content as text strings and ImageParts, in order."""
+    if isinstance(content, str):
+        return [content]
+    parts: list[Union[str, ImagePart]] = []
+    for part in content:
+        if part.get("type") == "text":
+            parts.append(part["text"])
+        elif part.get("type") == "image_url":
+            parts.append(image_from_url(part["image_url"]["url"]))
+        else:
+            raise ValueError(f"unsupported message part type {part.get('type')!r}")
+    return parts
+
+
+def message_text(content: Union[str, list[dict[str, Any]]]) -> str:
+    return "".join(p for p in content_parts(content) if isinstance(p, str))
+
+
+def _role_prefix(template: ChatTemplate, role: str) -> str:
+    prefixes = getattr(template, "role_prefix_and_suffix", {}) or {}
+    return (prefixes.get(role) or ("", ""))[0]
+
+
+@dataclass
+class ChatView:
+    """A program state as a chat API sees it.
+
+    messages: closed turns, OpenAI-style. partial: what the open assistant turn holds so far.
+    """
+
+    messages: list[dict[str, Any]]
+    partial: str
+
+
+@dataclass
+class ApiRequest:
+    """One provider call, before conversion to the provider's format."""
+
+    params: SglSamplingParams
+    messages: list[dict[str, Any]] = field(default_factory=list)  # chat models
+    prefill: str = ""  # chat models with prefill: the reply continues this assistant text
+    prompt: str = ""  # completion models: the state's text
+
+
+@dataclass
+class ApiResult:
+    """What one provider call returned: one text per choice (n of them)."""
+
+    texts: list[str]
+    finish_reasons: list[dict[str, Any]]
+    prompt_tokens: Optional[int] = None
+    completion_tokens: Optional[int] = None
+    extra_meta: list[dict[str, Any]] = field(default_factory=list)  # per choice (logprobs)
+
+
+@dataclass
+class StreamPiece:
+    """A streamed text delta; the provider sets the other fields when it knows them."""
+
+    text: str = ""
+    finish_reason: Optional[dict[str, Any]] = None
+    prompt_tokens: Optional[int] = None
+    completion_tokens: Optional[int] = None
+
+
+@dataclass
+class _SpecTurn:
+    key: str  # what the call was made from (a hash of the closed chat messages; "" otherwise)
+    text: str  # the text the completion speculates: open turn (chat) or whole prompt, plus reply
+    truncated: bool  # the call stopped at num_api_spec_tokens, not at the model's end
+
+
+class SpeculativeTurns:
+    """Completions of `num_api_spec_tokens` tokens, cut into the program's gens at their stops.
+
+    NOTE: keyed by the state's sid, so concurrent programs (run_batch, forks) never share a
+    completion; a bounded LRU so states that never call end_program cannot grow it forever.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._turns: OrderedDict[str, _SpecTurn] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def get(self, sid: str, key: str) -> Optional[_SpecTurn]:
+        with self._lock:
+            turn = self._turns.get(sid)
+            return turn if turn is not None and turn.key == key else None
+
+    def put(self, sid: str, turn: _SpecTurn) -> None:
+        with self._lock:
+            self._turns[sid] = turn
+            self._turns.move_to_end(sid)
+            while len(self._turns) > self._capacity:
+                self._turns.popitem(last=False)
+
+    def drop(self, sid: str) -> None:
+        with self._lock:
+            self._turns.pop(sid, None)
+
+
+def cut_at_stop(rest: str, stops: list[str], truncated: bool) -> Optional[tuple[str, dict]]:
+    """The text before the first stop string and its finish reason; None when no stop occurs
+    in a truncated completion (the gen's end is not known yet)."""
+    hits = [(rest.find(s), s) for s in stops if s in rest]
+    if hits:
+        pos, stop = min(hits)
+        return rest[:pos], {"type": "stop", "matched": stop}
+    if truncated:
+        return None
+    return rest, {"type": "stop", "matched": None}
+
+
+class ApiModelBackend(BaseBackend):
+    """Shared by backends that call a hosted model API.
+
+    Subclasses set `is_chat_model`, `supports_prefill`, `retryable_errors` (or override
+    `is_retryable`), and implement `check_params`, `call` and `call_stream`. This class turns
+    program states into requests, runs speculative execution, and counts token usage.
+
+    Speculative execution (``@function(num_api_spec_tokens=N)``): the first gen of an assistant
+    turn (chat models) or of a stretch of text (completion models) makes one call of N tokens
+    with no stop strings. Each gen then takes its value from that completion, up to its own
+    stop string, as long as the text the program appended in between matches the completion.
+    A completion model that diverges makes a fresh call from the current text; a chat model
+    that diverges raises RuntimeError (it cannot continue a half-written turn).
+    """
+
+    is_chat_model: bool = True
+    supports_prefill: bool = False  # the API continues a trailing partial assistant message
+    retryable_errors: tuple[type[BaseException], ...] = ()
+    api_name: str = "API"
+
+    def __init__(
+        self,
+        model_name: str,
+        chat_template: Optional[Union[str, ChatTemplate]] = None,
+        default_template: str = "default",
+        max_retries: int = 5,
+        retry_base_delay: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.model_name = model_name
+        template = chat_template or default_template
+        self.chat_template = get_chat_template(template) if isinstance(template, str) else template
+        self.token_usage = TokenUsage()
+        self.retry = RetryPolicy(max_retries=max_retries, base_delay=retry_base_delay)
+        self._spec = SpeculativeTurns()
+
+    # Provider hooks ---------------------------------------------------------------------------
+
+    def check_params(self, params: SglSamplingParams) -> None:
+        """Raise ValueError for a set parameter this API cannot honour."""
+        raise NotImplementedError()
+
+    def call(self, request: ApiRequest) -> ApiResult:
+        raise NotImplementedError()
+
+    def call_stream(self, request: ApiRequest) -> Iterator[StreamPiece]:
+        raise NotImplementedError()
+
+    def is_retryable(self, error: Exception) -> bool:
+        """Whether a failed call is worth retrying (rate limits, connection errors)."""
+        return isinstance(error, self.retryable_errors)
+
+    def with_retries(self, fn: Callable[[], T]) -> T:
+        return self.retry.call(fn, self.is_retryable)
+
+    # BaseBackend ------------------------------------------------------------------------------
+
+    def get_model_name(self) -> str:
+        return self.model_name
+
+    def get_server_info(self) -> dict[str, Any]:
+        return {"api": self.api_name, "model": self.model_name}
+
+    def end_program(self, s: Union["StreamExecutor", list["StreamExecutor"]]) -> None:
+        for state in s if isinstance(s, list) else [s]:
+            self._spec.drop(state.sid)
+
+    def generate(
+        self, s: "StreamExecutor", sampling_params: SglSamplingParams
+    ) -> tuple[Union[str, list[str]], Union[dict[str, Any], list[dict[str, Any]]]]:
+        self.check_params(sampling_params)
+        if self._speculates(s, sampling_params):
+            return self._spec_generate(s, sampling_params)
+        result = self.call_with_usage(self.build_request(s, sampling_params))
+        metas = [self._meta(result, i) for i in range(len(result.texts))]
+        if sampling_params.n == 1:
+            return result.texts[0], metas[0]
+        return result.texts, metas
+
+    def generate_stream(
+        self, s: "StreamExecutor", sampling_params: SglSamplingParams
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        self.check_params(sampling_params)
+        if sampling_params.n != 1:
+            raise ValueError(f"streaming supports n=1 only, got n={sampling_params.n}")
+        if self._speculates(s, sampling_params):
+            text, meta = self._spec_generate(s, sampling_params)
+            yield text, meta
+            return
+        yield from self._stream(self.build_request(s, sampling_params))
+
+    def select(
+        self,
+        s: "StreamExecutor",
+        choices: list[str],
+        temperature: float,
+        choices_method: Optional[ChoicesSamplingMethod] = None,
+    ) -> ChoicesDecision:
+        raise NotImplementedError(
+            f"select/choices needs token logprobs of the prompt, which the {self.api_name} "
+            "API does not return; use a local model (RuntimeEndpoint), an OpenAI completion "
+            "model, or gen() and compare the text"
+        )
+
+    # Requests ---------------------------------------------------------------------------------
+
+    def build_request(self, s: "StreamExecutor", params: SglSamplingParams) -> ApiRequest:
+        if not self.is_chat_model:
+            return ApiRequest(params=params, prompt=s.text_)
+        view = self.chat_view(s)
+        if view.partial and not self.supports_prefill:
+            raise RuntimeError(
+                f"{self.api_name} chat models cannot continue a half-written assistant turn "
+                f"({view.partial[-40:]!r}): put gen right after assistant_begin(), or use "
+                "@function(num_api_spec_tokens=N) to fill several gens of a turn in one call"
+            )
+        return ApiRequest(params=params, messages=view.messages, prefill=view.partial)
+
+    def chat_view(self, s: "StreamExecutor") -> ChatView:
+        """The closed turns as messages, and the open assistant turn's text.
+
+        A program that never opened a role sends its whole text as one user message.
+        """
+        messages = [dict(m) for m in s.messages_]
+        cur_role = getattr(s, "cur_role", None)
+        if not messages and cur_role is None:
+            return ChatView([self._plain_text_message(s)], "")
+        if cur_role not in (None, "assistant"):
+            raise RuntimeError(
+                f"{self.api_name} chat models generate assistant turns only; "
+                f"gen is inside a {cur_role!r} turn"
+            )
+        partial = self._open_turn_text(s) if cur_role == "assistant" else ""
+        return ChatView(messages, partial)
+
+    def _plain_text_message(self, s: "StreamExecutor") -> dict[str, Any]:
+        images = list(getattr(s, "images_", None) or [])
+        if not images:
+            return {"role": "user", "content": s.text_}
+        content: list[dict[str, Any]] = [{"type": "text", "text": s.text_}]
+        for _, data in images:
+            content.append({"type": "image_url", "image_url": {"url": data_url(data)}})
+        return {"role": "user", "content": content}
+
+    def _open_turn_text(self, s: "StreamExecutor") -> str:
+        begin = getattr(s, "cur_role_begin_pos", None)
+        if begin is None:
+            prefix = _role_prefix(self.chat_template, "assistant")
+            pos = s.text_.rfind(prefix) if prefix else -1
+            begin = pos + len(prefix) if pos >= 0 else len(s.text_)
+        return s.text_[begin:]
+
+    def call_with_usage(self, request: ApiRequest) -> ApiResult:
+        result = self.call(request)
+        self.token_usage.add(result.prompt_tokens, result.completion_tokens)
+        return result
+
+    def _meta(self, result: ApiResult, i: int) -> dict[str, Any]:
+        meta = {
+            "finish_reason": result.finish_reasons[i],
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+        }
+        if i < len(result.extra_meta):
+            meta.update(result.extra_meta[i])
+        return meta
+
+    def _stream(self, request: ApiRequest) -> Iterator[tuple[str, dict[str, Any]]]:
+        meta: dict[str, Any] = {"finish_reason": None, "prompt_tokens": None}
+        meta["completion_tokens"] = None
+        for piece in self.call_stream(request):
+            for key in ("finish_reason", "prompt_tokens", "completion_tokens"):
+                if getattr(piece, key) is not None:
+                    meta[key] = getattr(piece, key)
+            if piece.text:
+                yield piece.text, dict(meta)
+        self.token_usage.add(meta["prompt_tokens"], meta["completion_tokens"])
+        yield "", dict(meta)
+
+    # Speculative execution ---------------------------------------------------------------------
+
+    def _speculates(self, s: "StreamExecutor", params: SglSamplingParams) -> bool:
+        if not getattr(s, "num_api_spec_tokens", None):
+            return False
+        if params.n != 1 or params.json_schema or params.return_logprob:
+            return False
+        return not self.is_chat_model or getattr(s, "cur_role", None) == "assistant"
+
+    def _spec_context(self, s: "StreamExecutor") -> tuple[str, str]:
+        """(key of what a call would be made from, text the program has written since)."""
+        if not self.is_chat_model:
+            return "", s.text_
+        view = self.chat_view(s)
+        blob = json.dumps(view.messages, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest(), view.partial.lstrip()
+
+    def _spec_generate(
+        self, s: "StreamExecutor", params: SglSamplingParams
+    ) -> tuple[str, dict[str, Any]]:
+        key, written = self._spec_context(s)
+        stops = params.stop_list()
+        turn = self._spec.get(s.sid, key)
+        if turn is not None and turn.text.startswith(written):
+            cut = cut_at_stop(turn.text[len(written) :], stops, turn.truncated)
+            if cut is not None:
+                return cut[0], {"finish_reason": cut[1], "speculative": True}
+        turn = self._speculate(s, params, key, written)
+        if not turn.text.startswith(written):
+            raise RuntimeError(
+                "speculative execution failed: the model's reply "
+                f"{turn.text[:80]!r} does not continue the program's text {written[-80:]!r}; "
+                "show the expected format in the prompt"
+            )
+        cut = cut_at_stop(turn.text[len(written) :], stops, truncated=False)
+        assert cut is not None, "an untruncated cut always succeeds"
+        return cut[0], {"finish_reason": cut[1], "speculative": True}
+
+    def _speculate(
+        self, s: "StreamExecutor", params: SglSamplingParams, key: str, written: str
+    ) -> _SpecTurn:
+        spec_params = dataclasses.replace(params, max_new_tokens=s.num_api_spec_tokens, stop=())
+        if self.is_chat_model:
+            view = self.chat_view(s)
+            prefill = view.partial if self.supports_prefill else ""
+            request = ApiRequest(spec_params, messages=view.messages, prefill=prefill)
+        else:
+            request = ApiRequest(spec_params, prompt=s.text_)
+        result = self.call_with_usage(request)
+        reply = result.texts[0]
+        text = written + reply if (not self.is_chat_model or request.prefill) else reply.lstrip()
+        turn = _SpecTurn(key, text, result.finish_reasons[0]["type"] == "length")
+        self._spec.put(s.sid, turn)
+        return turn
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI
+# ---------------------------------------------------------------------------------------------
+
+REASONING_MODEL_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+COMPLETION_MODEL_NAMES = ("davinci-002", "babbage-002")
+
+_OPENAI_PARAMS = frozenset(
+    {
+        "max_new_tokens",
+        "n",
+        "stop",
+        "temperature",
+        "top_p",
+        "frequency_penalty",
+        "presence_penalty",
+        "json_schema",
+        "return_logprob",
+        "top_logprobs_num",
+        "return_text_in_logprobs",
+    }
+)
+
+
+def is_reasoning_model(model_name: str) -> bool:
+    """o1/o3/o4/gpt-5 models take max_completion_tokens and only the default temperature."""
+    return model_name.rsplit("/", 1)[-1].startswith(REASONING_MODEL_PREFIXES)
+
+
+def is_completion_model(model_name: str) -> bool:
+    """`*-instruct` models and the base completion models use /v1/completions."""
+    base = model_name.rsplit("/", 1)[-1]
+    return base.endswith("-instruct") or base in COMPLETION_MODEL_NAMES
+
+
+class OpenAI(ApiModelBackend):
+    """A model behind the OpenAI API, Azure OpenAI, or any OpenAI-compatible server.
+
+    Parameters
+    ----------
+    model_name
+        The model id, e.g. "gpt-4o-mini" or the served name of an OpenAI-compatible server.
+    is_chat_model
+        Chat models get `messages` (/v1/chat/completions); completion models get the program
+        text (/v1/completions). None: `*-instruct`, davinci-002 and babbage-002 are completion
+        models, every other name a chat model.
+    chat_template
+        A template name or ChatTemplate; formats roles into the text of completion models.
+    is_azure
+        Use `openai.AzureOpenAI` (client_kwargs then take azure_endpoint, api_version, ...).
+    max_retries, retry_base_delay
+        Rate-limit and connection errors are retried max_retries times, waiting
+        retry_base_delay * 2**attempt seconds (at most 30) before each retry.
+    **client_kwargs
+        Passed to the SDK client: api_key (default: OPENAI_API_KEY), base_url, timeout, ...
+        With a base_url and no key, the key "EMPTY" is sent (local servers need none).
+
+    Notes
+    -----
+    `select` works on completion models (prompt logprobs with `echo`); chat models raise
+    NotImplementedError. `regex`, `grammar`, `top_k`, `min_p`, `min_tokens`, `stop_token_ids`
+    and `ignore_eos` raise ValueError. `json_schema` is sent as response_format (chat models).
+    `token_usage` sums the usage of every call.
+    """
+
+    api_name = "OpenAI"
+
+    def __init__(
+        self,
+        model_name: str,
+        is_chat_model: Optional[bool] = None,
+        chat_template: Optional[Union[str, ChatTemplate]] = None,
+        is_azure: bool = False,
+        max_retries: int = 5,
+        retry_base_delay: float = 1.0,
+        **client_kwargs: Any,
+    ) -> None:
+        super().__init__(model_name, chat_template, "default", max_retries, retry_base_delay)
+        openai = import_sdk("openai", "openai")
+        self.is_chat_model = (
+            not is_completion_model(model_name) if is_chat_model is None else is_chat_model
+        )
+        self.is_reasoning = is_reasoning_model(model_name)
+        self.retryable_errors = (openai.RateLimitError, openai.APIConnectionError)
+        client_kwargs.setdefault("max_retries", 0)  # NOTE: retries are ours (self.retry)
+        if is_azure:
+            _require_azure_key(client_kwargs)
+            self.client = openai.AzureOpenAI(**client_kwargs)
+        else:
+            _require_openai_key(client_kwargs)
+            self.client = openai.OpenAI(**client_kwargs)
+
+    def check_params(self, params: SglSamplingParams) -> None:
+        reject_unsupported(params, _OPENAI_PARAMS, "The OpenAI API")
+        if params.json_schema and not self.is_chat_model:
+            raise ValueError(
+                "json_schema needs a chat model on the OpenAI backend "
+                f"({self.model_name!r} is a completion model)"
+            )
+
+    def request_kwargs(self, params: SglSamplingParams) -> dict[str, Any]:
+        """The SDK keyword arguments for a gen's sampling parameters."""
+        reasoning_chat = self.is_reasoning and self.is_chat_model
+        kw: dict[str, Any] = {"model": self.model_name}
+        kw["max_completion_tokens" if reasoning_chat else "max_tokens"] = params.max_new_tokens
+        if not self.is_reasoning or params.temperature != 1.0:
+            kw["temperature"] = params.temperature
+        optional = {
+            "stop": params.stop_list() or None,
+            "top_p": params.top_p if params.top_p != 1.0 else None,
+            "frequency_penalty": params.frequency_penalty or None,
+            "presence_penalty": params.presence_penalty or None,
+            "n": params.n if params.n != 1 else None,
+        }
+        kw.update({k: v for k, v in optional.items() if v is not None})
+        if params.json_schema:
+            schema = {"name": "output", "schema": json.loads(params.json_schema)}
+            kw["response_format"] = {"type": "json_schema", "json_schema": schema}
+        if params.return_logprob:
+            kw.update(self._logprob_kwargs(params.top_logprobs_num or 0))
+        return kw
+
+    def _logprob_kwargs(self, top: int) -> dict[str, Any]:
+        if self.is_chat_model:
+            return {"logprobs": True, "top_logprobs": top} if top else {"logprobs": True}
+        return {"logprobs": max(top, 1)}
+
+    def call(self, request: ApiRequest) -> ApiResult:
+        kw = self.request_kwargs(request.params)
+        if self.is_chat_model:
+            resp = self.with_retries(
+                lambda: self.client.chat.completions.create(messages=request.messages, **kw)
+            )
+            choices = sorted(resp.choices, key=lambda c: c.index)
+            texts = [c.message.content or "" for c in choices]
+        else:
+            resp = self.with_retries(
+                lambda: self.client.completions.create(prompt=request.prompt, **kw)
+            )
+            choices = sorted(resp.choices, key=lambda c: c.index)
+            texts = [c.text for c in choices]
+        usage = resp.usage
+        return ApiResult(
+            texts=texts,
+            finish_reasons=[finish_reason(c.finish_reason) for c in choices],
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            extra_meta=[self._logprob_meta(c) for c in choices]
+            if request.params.return_logprob
+            else [],
+        )
+
+    def call_stream(self, request: ApiRequest) -> Iterator[StreamPiece]:
+        kw = self.request_kwargs(request.params)
+        kw.update(stream=True, stream_options={"include_usage": True})
+        if self.is_chat_model:
+            create = lambda: self.client.chat.completions.create(messages=request.messages, **kw)  # noqa: E731
+        else:
+            create = lambda: self.client.completions.create(prompt=request.prompt, **kw)  # noqa: E731
+        for chunk in self.with_retries(create):
+            yield _openai_piece(chunk, self.is_chat_model)
+
+    def _logprob_meta(self, choice: Any) -> dict[str, Any]:
+        """Output logprobs as the runtime's entries: [logprob, token_id (None here), text]."""
+        lp = choice.logprobs
+        if lp is None:
+            return {}
+        if self.is_chat_model:
+            tokens = [(t.logprob, t.token) for t in lp.content or []]
+            tops = [[(x.logprob, x.token) for x in t.top_logprobs or []] for t in lp.content or []]
+        else:
+            tokens = list(zip(lp.token_logprobs or [], lp.tokens or []))
+            tops = [[(v, k) for k, v in (d or {}).items()] for d in lp.top_logprobs or []]
+        return {
+            "output_token_logprobs": [[v, None, t] for v, t in tokens],
+            "output_top_logprobs": [[[v, None, t] for v, t in top] for top in tops],
+        }
+
+    def select(
+        self,
+        s: "StreamExecutor",
+        choices: list[str],
+        temperature: float,
+        choices_method: Optional[ChoicesSamplingMethod] = None,
+    ) -> ChoicesDecision:
+        """Score each choice by the logprobs of its tokens after the prompt (completion models).
+
+        One call echoes prompt + choice for every choice (`echo`, `logprobs`); the chosen
+        method (default: token_length_normalized) picks from those logprobs.
+        """
+        if self.is_chat_model:
+            return super().select(s, choices, temperature, choices_method)
+        if not choices:
+            raise ValueError("select needs at least one choice, got []")
+        method = choices_method or _default_choices_method()
+        scored = self._echo_logprobs(s.text_, choices)
+        uncond = (
+            self._echo_logprobs("", choices) if method.requires_unconditional_logprobs else None
+        )
+        normalized = [mean_logprob(lps) for lps in scored]
+        return method(
+            choices=choices,
+            normalized_prompt_logprobs=normalized,
+            input_token_logprobs=scored,
+            output_token_logprobs=[[] for _ in choices],
+            unconditional_token_logprobs=uncond,
+        )
+
+    def _echo_logprobs(self, prefix: str, choices: list[str]) -> list[list[list[Any]]]:
+        """Per choice, the [logprob, None, token] entries of the tokens that cover the choice."""
+        kw = {"model": self.model_name, "max_tokens": 1, "temperature": 0.0}
+        resp = self.with_retries(
+            lambda: self.client.completions.create(
+                prompt=[prefix + c for c in choices], echo=True, logprobs=1, **kw
+            )
+        )
+        usage = resp.usage
+        self.token_usage.add(usage and usage.prompt_tokens, usage and usage.completion_tokens)
+        ordered = sorted(resp.choices, key=lambda c: c.index)
+        if any(c.logprobs is None or not c.logprobs.tokens for c in ordered):
+            raise RuntimeError(
+                f"the server did not return prompt logprobs (echo=True) for {self.model_name!r}; "
+                "select needs them"
+            )
+        return [
+            _span_logprobs(c.logprobs, len(prefix), len(prefix + choice))
+            for c, choice in zip(ordered, choices)
+        ]
+
+
+def _span_logprobs(logprobs: Any, start: int, end: int) -> list[list[Any]]:
+    """Entries of the echoed tokens overlapping text[start:end] (a boundary token included)."""
+    tokens = logprobs.tokens
+    offsets = logprobs.text_offset
+    if not offsets or len(offsets) != len(tokens):
+        offsets, pos = [], 0
+        for tok in tokens:
+            offsets.append(pos)
+            pos += len(tok)
+    return [
+        [lp, None, tok]
+        for tok, off, lp in zip(tokens, offsets, logprobs.token_logprobs)
+        if off < end and off + len(tok) > start
+    ]
+
+
+def _default_choices_method() -> ChoicesSamplingMethod:
+    from sglang.lang.choices import token_length_normalized
+
+    return token_length_normalized
+
+
+def _openai_piece(chunk: Any, is_chat: bool) -> StreamPiece:
+    piece = StreamPiece()
+    if chunk.usage is not None:
+        piece.prompt_tokens = chunk.usage.prompt_tokens
+        piece.completion_tokens = chunk.usage.completion_tokens
+    if chunk.choices:
+        choice = chunk.choices[0]
+        piece.text = (choice.delta.content if is_chat else choice.text) or ""
+        if choice.finish_reason:
+            piece.finish_reason = finish_reason(choice.finish_reason)
+    return piece
+
+
+def _require_openai_key(client_kwargs: dict[str, Any]) -> None:
+    if client_kwargs.get("api_key") or os.environ.get("OPENAI_API_KEY"):
+        return
+    if client_kwargs.get("base_url") or os.environ.get("OPENAI_BASE_URL"):
+        client_kwargs["api_key"] = "EMPTY"  # an OpenAI-compatible server that checks no key
+        return
+    require_env(("OPENAI_API_KEY",), "The OpenAI backend")
+
+
+def _require_azure_key(client_kwargs: dict[str, Any]) -> None:
+    keys = ("api_key", "azure_ad_token", "azure_ad_token_provider")
+    if not any(client_kwargs.get(k) for k in keys):
+        require_env(("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_AD_TOKEN"), "The Azure OpenAI backend")

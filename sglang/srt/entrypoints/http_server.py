@@ -1,0 +1,290 @@
+"""The HTTP server: SGLang's native routes plus the OpenAI and Anthropic APIs, served by uvicorn.
+
+POST /generate answers, for one prompt, {"text", "output_ids", "meta_info": {"id",
+"prompt_tokens", "completion_tokens", "cached_tokens", "finish_reason", and with return_logprob
+the four *_logprobs lists}}; for a batch (or n > 1) a list of those. With "stream": true it
+answers SSE: `data: {json}\\n\\n` per update (cumulative text; a batch's items carry "index"),
+then `data: [DONE]\\n\\n`. Bad input gets HTTP 400 {"error": {"message", ...}}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import logging
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+
+from sglang.srt.entrypoints.engine import launch_subprocesses
+from sglang.srt.entrypoints.openai_api import (
+    SSE_DONE,
+    RequestError,
+    add_openai_routes,
+    error_response,
+    exception_response,
+    first_output,
+    json_response,
+    read_json,
+    sse,
+)
+from sglang.srt.managers.io_struct import GenerateReqInput
+from sglang.srt.managers.tokenizer_manager import TokenizerManager
+from sglang.srt.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+READY_MESSAGE = "The server is fired up and ready to roll!"
+# SGLang fields that some clients send with default values; accepted and ignored.
+_IGNORED_FIELDS = {
+    "modalities",
+    "log_metrics",
+    "lora_path",
+    "custom_logit_processor",
+    "return_hidden_states",
+    "session_params",
+}
+_GENERATE_FIELDS = {f.name for f in dataclasses.fields(GenerateReqInput)}
+_HEALTH_TIMEOUT_S = 60.0
+
+
+def create_app(tokenizer_manager: TokenizerManager) -> FastAPI:
+    """The FastAPI app around one tokenizer manager; its lifespan starts and stops the manager."""
+    tm = tokenizer_manager
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await tm.start()
+        watcher = asyncio.create_task(_announce_ready(app, tm))
+        yield
+        watcher.cancel()
+        await tm.close()
+
+    app = FastAPI(lifespan=lifespan)
+    app.state.tokenizer_manager = tm
+    app.state.exit_code = 0
+    app.state.server = None  # the uvicorn.Server, set by launch_server
+    _add_api_key_check(app, tm.server_args.api_key)
+    _add_native_routes(app, tm)
+    add_openai_routes(app, lambda: tm)
+    _add_anthropic_routes(app, tm)
+    return app
+
+
+async def _announce_ready(app: FastAPI, tm: TokenizerManager) -> None:
+    tm.on_failure = lambda message: _stop_server(app, message)
+    try:
+        await tm.wait_ready()
+    except RuntimeError:
+        return  # _stop_server already ran through on_failure
+    logger.info(READY_MESSAGE)
+
+
+def _stop_server(app: FastAPI, message: str) -> None:
+    logger.error("shutting down: %s", message)
+    app.state.exit_code = 1
+    if app.state.server is not None:
+        app.state.server.should_exit = True
+
+
+def _add_anthropic_routes(app: FastAPI, tm: TokenizerManager) -> None:
+    try:
+        from sglang.srt.entrypoints.anthropic_api import add_anthropic_routes
+    except ImportError as e:
+        logger.warning("Anthropic Messages API not available: %s", e)
+        return
+    add_anthropic_routes(app, lambda: tm)
+
+
+def _add_api_key_check(app: FastAPI, api_key: Optional[str]) -> None:
+    if not api_key:
+        return
+
+    @app.middleware("http")
+    async def check_api_key(request: Request, call_next: Any) -> Response:
+        if request.url.path == "/health" or _authorized(request, api_key):
+            return await call_next(request)
+        return error_response("invalid or missing API key", 401, err_type="authentication_error")
+
+
+def _authorized(request: Request, api_key: str) -> bool:
+    """`Authorization: Bearer <key>` (OpenAI style) or `x-api-key: <key>` (Anthropic style)."""
+    header = request.headers.get("authorization", "")
+    given = header[7:] if header[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+    return hmac.compare_digest(given.encode(), api_key.encode())
+
+
+# -------------------------------------------------------------------- native routes
+
+
+def _add_native_routes(app: FastAPI, tm: TokenizerManager) -> None:
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200 if tm.is_ready else 503)
+
+    @app.get("/health_generate")
+    async def health_generate(request: Request) -> Response:
+        return await _health_generate(tm, request)
+
+    @app.api_route("/generate", methods=["POST", "PUT"])
+    async def generate(request: Request) -> Response:
+        return await _generate(tm, request)
+
+    @app.get("/get_model_info")
+    @app.get("/model_info")
+    async def model_info() -> Response:
+        return json_response(_model_info(tm))
+
+    @app.get("/get_server_info")
+    @app.get("/server_info")
+    async def server_info() -> Response:
+        try:
+            return json_response(await tm.get_server_info())
+        except RuntimeError as e:
+            return exception_response(e)
+
+    @app.api_route("/flush_cache", methods=["GET", "POST"])
+    async def flush_cache() -> Response:
+        return await _flush_cache(tm)
+
+    @app.post("/abort_request")
+    async def abort_request(request: Request) -> Response:
+        return await _abort_request(tm, request)
+
+
+async def _generate(tm: TokenizerManager, request: Request) -> Response:
+    try:
+        obj = _generate_input(await read_json(request))
+        gen = tm.generate_request(obj, request)
+        first = await first_output(gen)
+    except (ValueError, RuntimeError) as e:
+        return exception_response(e)
+    if first is None:
+        return error_response("client disconnected", 499)
+    if obj.stream:
+        return StreamingResponse(_sse_stream(first, gen), media_type="text/event-stream")
+    await gen.aclose()
+    return json_response(first)
+
+
+def _generate_input(body: Any) -> GenerateReqInput:
+    if not isinstance(body, dict):
+        raise RequestError(f"the request body must be a JSON object, got {type(body).__name__}")
+    unknown = sorted(set(body) - _GENERATE_FIELDS - _IGNORED_FIELDS)
+    if unknown:
+        raise RequestError(f"unknown field(s) in the request: {', '.join(unknown)}", unknown[0])
+    ignored = [k for k in _IGNORED_FIELDS & set(body) if body[k] not in (None, False, [], "")]
+    if ignored:
+        raise RequestError(f"unsupported field(s): {', '.join(sorted(ignored))}", ignored[0])
+    fields = {k: v for k, v in body.items() if k in _GENERATE_FIELDS}
+    return GenerateReqInput(**fields)
+
+
+async def _sse_stream(first: Any, gen: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    try:
+        yield sse(first)
+        async for out in gen:
+            yield sse(out)
+    except (ValueError, RuntimeError) as e:
+        yield sse({"error": {"message": str(e)}})
+    finally:
+        await gen.aclose()
+    yield SSE_DONE
+
+
+def _model_info(tm: TokenizerManager) -> dict[str, Any]:
+    return {
+        "model_path": tm.model_path,
+        "tokenizer_path": tm.tokenizer_path,
+        "is_generation": True,
+        "chat_template": tm.chat_template,
+        "served_model_name": tm.served_model_name,
+        "context_length": tm.context_len,
+    }
+
+
+async def _health_generate(tm: TokenizerManager, request: Request) -> Response:
+    if not tm.is_ready:
+        return Response(status_code=503)
+    obj = GenerateReqInput(
+        input_ids=[0],
+        sampling_params={"max_new_tokens": 1, "temperature": 0.0},
+        rid=f"HEALTH_CHECK_{uuid.uuid4().hex}",
+    )
+    try:
+        out = await asyncio.wait_for(_last_output(tm, obj, request), _HEALTH_TIMEOUT_S)
+    except (asyncio.TimeoutError, RuntimeError, ValueError) as e:
+        logger.error("health_generate failed: %r", e)
+        return Response(status_code=503)
+    ok = out is not None and out["meta_info"]["finish_reason"]["type"] != "abort"
+    return Response(status_code=200 if ok else 503)
+
+
+async def _last_output(tm: TokenizerManager, obj: GenerateReqInput, request: Request) -> Any:
+    last = None
+    async for out in tm.generate_request(obj, request):
+        last = out
+    return last
+
+
+async def _flush_cache(tm: TokenizerManager) -> Response:
+    try:
+        reply = await tm.flush_cache()
+    except RuntimeError as e:
+        return exception_response(e)
+    if not reply.success:
+        message = reply.message or "cache not flushed: requests are running or waiting"
+        return error_response(message, 400)
+    return PlainTextResponse("Cache flushed.\n")
+
+
+async def _abort_request(tm: TokenizerManager, request: Request) -> Response:
+    try:
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise RequestError("the request body must be a JSON object")
+        rid, abort_all = body.get("rid"), body.get("abort_all", False)
+        if not isinstance(abort_all, bool):
+            raise RequestError(f"abort_all must be a boolean, got {abort_all!r}", "abort_all")
+        if not abort_all and not (isinstance(rid, str) and rid):
+            raise RequestError(f"rid must be a non-empty string, got {rid!r}", "rid")
+    except ValueError as e:
+        return exception_response(e)
+    aborted = tm.abort_request(rid or "", abort_all)
+    return json_response({"success": True, "aborted": aborted})
+
+
+# -------------------------------------------------------------------- launch
+
+
+def launch_server(server_args: ServerArgs) -> int:
+    """Start the scheduler process and serve HTTP until Ctrl-C / SIGTERM; returns an exit code."""
+    import uvicorn
+
+    subprocesses = launch_subprocesses(server_args)
+    try:
+        tm = TokenizerManager(
+            server_args,
+            subprocesses.port_args,
+            subprocesses.scheduler_args.model_path,
+            subprocesses.process,
+        )
+        app = create_app(tm)
+        config = uvicorn.Config(
+            app,
+            host=server_args.host,
+            port=server_args.port,
+            log_level=server_args.log_level,
+            access_log=server_args.log_level == "debug",
+            timeout_keep_alive=5,
+        )
+        server = uvicorn.Server(config)
+        app.state.server = server
+        server.run()
+        return app.state.exit_code
+    finally:
+        subprocesses.stop()

@@ -1,0 +1,589 @@
+"""OpenAI-compatible API: request models, /v1/models, /v1/completions, /v1/chat/completions."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Literal, Optional, Union
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sglang.srt.managers.io_struct import GenerateReqInput
+
+if TYPE_CHECKING:
+    from sglang.srt.managers.tokenizer_manager import TokenizerManager
+
+GetTokenizerManager = Callable[[], "TokenizerManager"]
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+# -------------------------------------------------------------------- shared HTTP helpers
+
+
+class RequestError(ValueError):
+    """Bad user input; `param` names the offending request field when known."""
+
+    def __init__(self, message: str, param: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def json_response(content: Any, status_code: int = 200) -> Response:
+    # NOTE: allow_nan: a logprob may be -inf (a token the grammar masked out).
+    body = json.dumps(content, ensure_ascii=False, allow_nan=True)
+    return Response(body, status_code=status_code, media_type="application/json")
+
+
+def error_response(
+    message: str, status_code: int = 400, param: Optional[str] = None, err_type: str = ""
+) -> Response:
+    """The OpenAI error shape, used by every route: {"error": {"message", "type", "param", "code"}}."""
+    kind = err_type or ("invalid_request_error" if status_code < 500 else "server_error")
+    error = {"message": message, "type": kind, "param": param, "code": status_code}
+    return json_response({"error": error}, status_code)
+
+
+def exception_response(e: Exception) -> Response:
+    """ValueError -> 400 naming the problem; RuntimeError (scheduler gone) -> 503."""
+    if isinstance(e, ValueError):
+        return error_response(str(e), 400, getattr(e, "param", None))
+    return error_response(str(e), 503, err_type="service_unavailable")
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+
+async def read_json(request: Request) -> Any:
+    body = await request.body()
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(f"malformed JSON body: {e}") from None
+
+
+def parse_body(model: type[BaseModel], body: Any) -> Any:
+    if not isinstance(body, dict):
+        raise RequestError(f"the request body must be a JSON object, got {type(body).__name__}")
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        errors = e.errors()
+        parts = [f"{'.'.join(str(x) for x in err['loc']) or 'body'}: {err['msg']}" for err in errors]
+        param = ".".join(str(x) for x in errors[0]["loc"]) if errors else None
+        raise RequestError("; ".join(parts), param) from None
+
+
+async def first_output(gen: AsyncIterator[Any]) -> Any:
+    """Run a generation up to its first output, so validation errors surface before a response."""
+    try:
+        return await gen.__anext__()
+    except StopAsyncIteration:
+        return None  # the client disconnected before anything came out
+
+
+# -------------------------------------------------------------------- protocol models
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+
+class _SamplingFields(_Strict):
+    """Fields both endpoints share, including the SGLang/vLLM extras (top_k, regex, ...)."""
+
+    model: Optional[str] = None
+    temperature: Optional[float] = Field(None, ge=0)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    n: int = Field(1, ge=1, le=128)
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    stop: Optional[Union[str, list[str]]] = None
+    presence_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    seed: Optional[int] = None
+    user: Optional[str] = None
+    logit_bias: Optional[dict[str, float]] = None
+    top_k: Optional[int] = None
+    min_p: Optional[float] = None
+    repetition_penalty: Optional[float] = None
+    min_tokens: Optional[int] = Field(None, ge=0)
+    stop_token_ids: Optional[list[int]] = None
+    ignore_eos: Optional[bool] = None
+    skip_special_tokens: Optional[bool] = None
+    no_stop_trim: Optional[bool] = None
+    regex: Optional[str] = None
+    ebnf: Optional[str] = None
+    json_schema: Optional[Union[str, dict[str, Any]]] = None
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: Union[str, list[str], list[int], list[list[int]]]
+    max_tokens: Optional[int] = Field(16, ge=0)
+    logprobs: Optional[int] = Field(None, ge=0, le=20)
+    echo: bool = False
+    best_of: Optional[int] = None
+    suffix: Optional[str] = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[dict[str, Any]] = None
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[dict[str, Any]]
+    max_tokens: Optional[int] = Field(None, ge=0)
+    max_completion_tokens: Optional[int] = Field(None, ge=0)
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    response_format: Optional[ResponseFormat] = None
+    tools: Optional[list[dict[str, Any]]] = None
+    tool_choice: Optional[Union[str, dict[str, Any]]] = None
+    parallel_tool_calls: Optional[bool] = None
+    store: Optional[bool] = None
+    metadata: Optional[dict[str, Any]] = None
+    service_tier: Optional[str] = None
+
+
+# -------------------------------------------------------------------- request -> native
+
+
+def _reject_unsupported(req: _SamplingFields) -> None:
+    if req.logit_bias:
+        raise RequestError("logit_bias is not supported", "logit_bias")
+    for name in ("suffix", "tools"):
+        if getattr(req, name, None):
+            raise RequestError(f"{name} is not supported", name)
+    if getattr(req, "tool_choice", None) not in (None, "none"):
+        raise RequestError("tool_choice is not supported (no tools)", "tool_choice")
+    best_of = getattr(req, "best_of", None)
+    if best_of is not None and best_of != req.n:
+        raise RequestError(f"best_of={best_of} is not supported (only best_of == n)", "best_of")
+
+
+def _sampling_dict(req: _SamplingFields, max_new_tokens: int) -> dict[str, Any]:
+    fields = {
+        "max_new_tokens": max_new_tokens,
+        "min_new_tokens": req.min_tokens,
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "n": req.n,
+        "stop": req.stop,
+        "presence_penalty": req.presence_penalty,
+        "frequency_penalty": req.frequency_penalty,
+        "seed": req.seed,
+        "top_k": req.top_k,
+        "min_p": req.min_p,
+        "repetition_penalty": req.repetition_penalty,
+        "stop_token_ids": req.stop_token_ids,
+        "ignore_eos": req.ignore_eos,
+        "skip_special_tokens": req.skip_special_tokens,
+        "no_stop_trim": req.no_stop_trim,
+        "regex": req.regex,
+        "ebnf": req.ebnf,
+        "json_schema": req.json_schema,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _completion_prompts(prompt: Any) -> tuple[Optional[list[str]], Optional[list[list[int]]]]:
+    """(texts, None) or (None, token id lists)."""
+    if isinstance(prompt, str):
+        return [prompt], None
+    if not prompt:
+        raise RequestError("prompt is empty", "prompt")
+    if isinstance(prompt[0], str):
+        return list(prompt), None
+    if isinstance(prompt[0], int):
+        return None, [list(prompt)]
+    return None, [list(p) for p in prompt]
+
+
+def _response_format_schema(fmt: Optional[ResponseFormat]) -> Optional[str]:
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return json.dumps({"type": "object"})
+    spec = fmt.json_schema or {}
+    schema = spec.get("schema")
+    if not isinstance(schema, (dict, bool)):
+        raise RequestError(
+            "response_format.json_schema.schema must be a JSON schema object",
+            "response_format.json_schema.schema",
+        )
+    return json.dumps(schema)
+
+
+def _chat_sampling(tm: TokenizerManager, req: ChatCompletionRequest) -> dict[str, Any]:
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    # Unset: up to the context length (the tokenizer manager clips it to what remains).
+    params = _sampling_dict(req, max_tokens if max_tokens is not None else tm.context_len)
+    schema = _response_format_schema(req.response_format)
+    if schema is not None:
+        if req.regex or req.ebnf or req.json_schema:
+            raise RequestError("response_format cannot be combined with regex/ebnf/json_schema")
+        params["json_schema"] = schema
+    return params
+
+
+# -------------------------------------------------------------------- output -> OpenAI
+
+
+def _finish_reason(meta: dict[str, Any]) -> tuple[Optional[str], Any]:
+    reason = meta.get("finish_reason")
+    if reason is None:
+        return None, None
+    kind = reason.get("type")
+    return ("stop" if kind == "stop" else "length" if kind == "length" else "abort"), reason.get(
+        "matched"
+    )
+
+
+def _usage(outs: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """Prompt tokens count once per prompt (not per sample); completion tokens per sample."""
+    metas = [o["meta_info"] for o in outs]
+    prompt = sum(m["prompt_tokens"] for m in metas[::n])
+    completion = sum(m["completion_tokens"] for m in metas)
+    cached = sum(m["cached_tokens"] for m in metas[::n])
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+def _entry_text(tm: TokenizerManager, entry: list) -> str:
+    return entry[2] if entry[2] is not None else tm.token_text(entry[1])
+
+
+class _CompletionLogprobs:
+    """Builds the completions `logprobs` object, possibly a piece at a time (streaming)."""
+
+    def __init__(self, tm: TokenizerManager, offset: int) -> None:
+        self.tm = tm
+        self.offset = offset
+
+    def build(self, entries: list, tops: list) -> dict[str, Any]:
+        out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for k, entry in enumerate(entries):
+            text = _entry_text(self.tm, entry)
+            out["tokens"].append(text)
+            out["token_logprobs"].append(entry[0])
+            out["text_offset"].append(self.offset)
+            self.offset += len(text)
+            top = tops[k] if k < len(tops) else None
+            out["top_logprobs"].append(
+                None if top is None else {_entry_text(self.tm, t): t[0] for t in top}
+            )
+        return out
+
+
+def _chat_logprobs(tm: TokenizerManager, entries: list, tops: list) -> list[dict[str, Any]]:
+    content = []
+    for k, entry in enumerate(entries):
+        item = _chat_token(tm, entry)
+        top = tops[k] if k < len(tops) and tops[k] is not None else []
+        item["top_logprobs"] = [_chat_token(tm, t) for t in top]
+        content.append(item)
+    return content
+
+
+def _chat_token(tm: TokenizerManager, entry: list) -> dict[str, Any]:
+    text = _entry_text(tm, entry)
+    return {"token": text, "logprob": entry[0], "bytes": list(text.encode("utf-8"))}
+
+
+def _as_list(first: Any) -> list[dict[str, Any]]:
+    return first if isinstance(first, list) else [first]
+
+
+# -------------------------------------------------------------------- /v1/completions
+
+
+class _CompletionCall:
+    """One /v1/completions request: builds the native input and shapes the outputs."""
+
+    def __init__(self, tm: TokenizerManager, req: CompletionRequest) -> None:
+        _reject_unsupported(req)
+        self.tm, self.req = tm, req
+        self.id = f"cmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = req.model or tm.served_model_name
+        self.texts, self.ids = _completion_prompts(req.prompt)
+        max_tokens = req.max_tokens if req.max_tokens is not None else tm.context_len
+        want_lp = req.logprobs is not None
+        self.native = GenerateReqInput(
+            text=self.texts,
+            input_ids=self.ids,
+            sampling_params=_sampling_dict(req, max_tokens),
+            return_logprob=want_lp,
+            logprob_start_len=0 if (want_lp and req.echo) else -1,
+            top_logprobs_num=req.logprobs or 0,
+            return_text_in_logprobs=True,
+            stream=req.stream,
+        )
+
+    def prompt_text(self, index: int) -> str:
+        i = index // self.req.n
+        if self.texts is not None:
+            return self.texts[i]
+        assert self.ids is not None
+        return self.tm.tokenizer.decode(self.ids[i])
+
+    def logprob_parts(self, meta: dict[str, Any], with_prompt: bool) -> tuple[list, list]:
+        entries = list(meta.get("output_token_logprobs", []))
+        tops = list(meta.get("output_top_logprobs", []))
+        if with_prompt:
+            entries = list(meta.get("input_token_logprobs", [])) + entries
+            tops = list(meta.get("input_top_logprobs", [])) + tops
+        return entries, tops
+
+    def choice(self, index: int, out: dict[str, Any]) -> dict[str, Any]:
+        meta = out["meta_info"]
+        prefix = self.prompt_text(index) if self.req.echo else ""
+        finish, matched = _finish_reason(meta)
+        logprobs = None
+        if self.req.logprobs is not None:
+            start = 0 if self.req.echo else len(self.prompt_text(index))
+            logprobs = _CompletionLogprobs(self.tm, start).build(*self.logprob_parts(meta, self.req.echo))
+        return {
+            "index": index,
+            "text": prefix + out["text"],
+            "logprobs": logprobs,
+            "finish_reason": finish,
+            "matched_stop": matched,
+        }
+
+    def response(self, outs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [self.choice(k, o) for k, o in enumerate(outs)],
+            "usage": _usage(outs, self.req.n),
+        }
+
+    def chunk(self, choices: list[dict[str, Any]], usage: Optional[dict] = None) -> bytes:
+        body = {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if usage is not None:
+            body["usage"] = usage
+        return sse(body)
+
+    async def stream(self, first: Any, gen: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+        sent_text: dict[int, int] = {}
+        sent_lp: dict[int, int] = {}
+        builders: dict[int, _CompletionLogprobs] = {}
+        finals: dict[int, dict[str, Any]] = {}
+        try:
+            async for out in _chain(first, gen):
+                k = out.get("index", 0)
+                piece = self._stream_choice(k, out, sent_text, sent_lp, builders)
+                if out["meta_info"]["finish_reason"] is not None:
+                    finals[k] = out
+                if piece is not None:
+                    yield self.chunk([piece])
+            if self.req.stream_options and self.req.stream_options.include_usage:
+                outs = [finals[k] for k in sorted(finals)]
+                yield self.chunk([], _usage(outs, self.req.n))
+        except (ValueError, RuntimeError) as e:
+            yield sse({"error": {"message": str(e), "type": "invalid_request_error", "code": 400}})
+        yield SSE_DONE
+
+    def _stream_choice(
+        self, k: int, out: dict, sent_text: dict, sent_lp: dict, builders: dict
+    ) -> Optional[dict[str, Any]]:
+        meta = out["meta_info"]
+        first_time = k not in sent_text
+        delta = out["text"][sent_text.get(k, 0) :]
+        sent_text[k] = len(out["text"])
+        if first_time and self.req.echo:
+            delta = self.prompt_text(k) + delta
+        finish, matched = _finish_reason(meta)
+        logprobs = None
+        if self.req.logprobs is not None:
+            entries, tops = self.logprob_parts(meta, self.req.echo)
+            done = sent_lp.get(k, 0)
+            sent_lp[k] = len(entries)
+            if k not in builders:
+                builders[k] = _CompletionLogprobs(self.tm, 0 if self.req.echo else len(self.prompt_text(k)))
+            logprobs = builders[k].build(entries[done:], tops[done:])
+        if not delta and finish is None and not (logprobs and logprobs["tokens"]):
+            return None
+        return {"index": k, "text": delta, "logprobs": logprobs, "finish_reason": finish, "matched_stop": matched}
+
+
+# -------------------------------------------------------------------- /v1/chat/completions
+
+
+class _ChatCall:
+    """One /v1/chat/completions request."""
+
+    def __init__(self, tm: TokenizerManager, req: ChatCompletionRequest) -> None:
+        _reject_unsupported(req)
+        if req.top_logprobs is not None and not req.logprobs:
+            raise RequestError("top_logprobs requires logprobs: true", "top_logprobs")
+        self.tm, self.req = tm, req
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = req.model or tm.served_model_name
+        prompt = tm.apply_chat_template(req.messages)
+        self.native = GenerateReqInput(
+            text=[prompt],
+            sampling_params=_chat_sampling(tm, req),
+            return_logprob=req.logprobs,
+            top_logprobs_num=req.top_logprobs or 0,
+            return_text_in_logprobs=True,
+            stream=req.stream,
+        )
+
+    def logprobs(self, meta: dict[str, Any], start: int = 0) -> Optional[dict[str, Any]]:
+        if not self.req.logprobs:
+            return None
+        entries = meta.get("output_token_logprobs", [])[start:]
+        tops = meta.get("output_top_logprobs", [])[start:]
+        return {"content": _chat_logprobs(self.tm, entries, tops)}
+
+    def choice(self, index: int, out: dict[str, Any]) -> dict[str, Any]:
+        finish, matched = _finish_reason(out["meta_info"])
+        return {
+            "index": index,
+            "message": {"role": "assistant", "content": out["text"]},
+            "logprobs": self.logprobs(out["meta_info"]),
+            "finish_reason": finish,
+            "matched_stop": matched,
+        }
+
+    def response(self, outs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [self.choice(k, o) for k, o in enumerate(outs)],
+            "usage": _usage(outs, self.req.n),
+        }
+
+    def chunk(self, choices: list[dict[str, Any]], usage: Optional[dict] = None) -> bytes:
+        body = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if usage is not None:
+            body["usage"] = usage
+        return sse(body)
+
+    async def stream(self, first: Any, gen: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+        sent_text: dict[int, int] = {}
+        sent_lp: dict[int, int] = {}
+        finals: dict[int, dict[str, Any]] = {}
+        try:
+            async for out in _chain(first, gen):
+                k = out.get("index", 0)
+                if k not in sent_text:
+                    sent_text[k] = 0
+                    role = {"role": "assistant", "content": ""}
+                    yield self.chunk([{"index": k, "delta": role, "logprobs": None, "finish_reason": None}])
+                for piece in self._stream_choices(k, out, sent_text, sent_lp):
+                    yield self.chunk([piece])
+                if out["meta_info"]["finish_reason"] is not None:
+                    finals[k] = out
+            if self.req.stream_options and self.req.stream_options.include_usage:
+                outs = [finals[k] for k in sorted(finals)]
+                yield self.chunk([], _usage(outs, self.req.n))
+        except (ValueError, RuntimeError) as e:
+            yield sse({"error": {"message": str(e), "type": "invalid_request_error", "code": 400}})
+        yield SSE_DONE
+
+    def _stream_choices(self, k: int, out: dict, sent_text: dict, sent_lp: dict) -> list[dict]:
+        meta = out["meta_info"]
+        delta = out["text"][sent_text[k] :]
+        sent_text[k] = len(out["text"])
+        start = sent_lp.get(k, 0)
+        sent_lp[k] = len(meta.get("output_token_logprobs", []))
+        logprobs = self.logprobs(meta, start)
+        pieces = []
+        if delta or (logprobs and logprobs["content"]):
+            pieces.append({"index": k, "delta": {"content": delta}, "logprobs": logprobs, "finish_reason": None})
+        finish, matched = _finish_reason(meta)
+        if finish is not None:
+            pieces.append(
+                {"index": k, "delta": {}, "logprobs": None, "finish_reason": finish, "matched_stop": matched}
+            )
+        return pieces
+
+
+async def _chain(first: Any, gen: AsyncIterator[Any]) -> AsyncIterator[dict[str, Any]]:
+    """The primed first output (dict or list) followed by the rest of the generator."""
+    try:
+        for out in _as_list(first):
+            yield out
+        async for more in gen:
+            for out in _as_list(more):
+                yield out
+    finally:
+        await gen.aclose()
+
+
+# -------------------------------------------------------------------- routes
+
+
+def add_openai_routes(app: FastAPI, get_tokenizer_manager: GetTokenizerManager) -> None:
+    """Register /v1/models, /v1/completions and /v1/chat/completions on the app."""
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        tm = get_tokenizer_manager()
+        card = {
+            "id": tm.served_model_name,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "sglang",
+            "root": tm.served_model_name,
+            "max_model_len": tm.context_len,
+        }
+        return json_response({"object": "list", "data": [card]})
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _serve(get_tokenizer_manager(), request, CompletionRequest, _CompletionCall)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _serve(get_tokenizer_manager(), request, ChatCompletionRequest, _ChatCall)
+
+
+async def _serve(tm: TokenizerManager, request: Request, model: type, call_type: type) -> Response:
+    try:
+        req = parse_body(model, await read_json(request))
+        call = call_type(tm, req)
+        gen = tm.generate_request(call.native, request)
+        first = await first_output(gen)
+    except (ValueError, RuntimeError) as e:
+        return exception_response(e)
+    if first is None:
+        return error_response("client disconnected", 499)
+    if req.stream:
+        return StreamingResponse(call.stream(first, gen), media_type="text/event-stream")
+    await gen.aclose()
+    return json_response(call.response(_as_list(first)))

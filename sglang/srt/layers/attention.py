@@ -1,0 +1,148 @@
+"""Paged attention over MHATokenToKVPool in plain PyTorch: batched decode, per-request extend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
+from sglang.srt.model_executor.forward_batch import ForwardBatch
+
+
+class Attention(nn.Module):
+    """One layer's attention over the paged KV cache; the pass's backend does the work."""
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, layer_id: int) -> None:
+        super().__init__()
+        assert num_heads % num_kv_heads == 0, f"{num_heads} heads over {num_kv_heads} KV heads"
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.layer_id = layer_id
+        self.scaling = head_dim**-0.5
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, forward_batch: ForwardBatch
+    ) -> torch.Tensor:
+        # q: [T, H, D], k/v: [T, Hkv, D] -> [T, H * D]
+        meta: AttnMetadata = forward_batch.attn_metadata
+        return meta.backend.forward(q, k, v, self, forward_batch)
+
+
+@dataclass
+class ExtendSpan:
+    """One request's new tokens in an EXTEND pass."""
+
+    start: int  # offset of its first new token in the pass
+    num_new: int
+    kv_slots: Optional[torch.Tensor]  # [L] int64 slots of the whole sequence; None: no prefix
+    mask: Optional[torch.Tensor]  # [num_new, L] bool, True = may attend; None: plain causal
+
+
+@dataclass
+class AttnMetadata:
+    """Index tensors of one pass, built once by init_forward_metadata and read by every layer."""
+
+    backend: TorchNativeAttnBackend
+    # DECODE: rows of k_buffer.view(-1, D) per (request, KV head, position), padding -> slot 0
+    head_rows: Optional[torch.Tensor] = None  # [B, Hkv, L] int64
+    bias: Optional[torch.Tensor] = None  # [B, 1, 1, L] float32: 0 inside a sequence, -inf past it
+    # EXTEND
+    spans: Optional[list[ExtendSpan]] = None
+
+
+class TorchNativeAttnBackend:
+    """Attention over the token-slot KV pool with torch ops only (CPU and CUDA alike).
+
+    NOTE: no per-layer host syncs: everything shaped by sequence lengths is built once per pass
+    in init_forward_metadata from the CPU-side lists of the ForwardBatch.
+    """
+
+    def __init__(self, kv_pool: MHATokenToKVPool) -> None:
+        self.kv_pool = kv_pool
+
+    def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
+        fb = forward_batch
+        width = max(fb.seq_lens_cpu)
+        # [B, width] int64: KV slots of each request's tokens (stale past its length)
+        slots = fb.req_to_token[:, :width].index_select(0, fb.req_pool_indices)
+        if fb.is_decode:
+            fb.attn_metadata = self._decode_metadata(fb, slots)
+        else:
+            fb.attn_metadata = AttnMetadata(self, spans=_extend_spans(fb, slots))
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Attention, fb: ForwardBatch
+    ) -> torch.Tensor:
+        # q: [T, H, D], k/v: [T, Hkv, D] -> [T, H * D]
+        self.kv_pool.set_kv_buffer(layer.layer_id, fb.out_cache_loc, k, v)
+        if fb.is_decode:
+            return self._decode(q, layer, fb.attn_metadata)
+        return self._extend(q, k, v, layer, fb.attn_metadata)
+
+    def _decode_metadata(self, fb: ForwardBatch, slots: torch.Tensor) -> AttnMetadata:
+        assert fb.num_tokens == fb.batch_size, "DECODE has one new token per request"
+        width = slots.shape[1]
+        num_kv_heads = self.kv_pool.k_buffer[0].shape[1]
+        inside = torch.arange(width, device=slots.device)[None, :] < fb.seq_lens[:, None]
+        slots = slots.masked_fill(~inside, 0)  # padded reads all hit slot 0
+        heads = torch.arange(num_kv_heads, device=slots.device)
+        head_rows = (slots * num_kv_heads)[:, None, :] + heads[None, :, None]  # [B, Hkv, L]
+        bias = torch.zeros(inside.shape, dtype=torch.float32, device=slots.device)
+        bias = bias.masked_fill(~inside, float("-inf"))[:, None, None, :]
+        return AttnMetadata(self, head_rows=head_rows, bias=bias)
+
+    def _decode(self, q: torch.Tensor, layer: Attention, meta: AttnMetadata) -> torch.Tensor:
+        # One padded gather + two batched matmuls; K/V heads are shared by q-head groups
+        # without repeating them. The CPU SDPA kernel is several times slower at these shapes.
+        k_buf, v_buf = self.kv_pool.get_kv_buffer(layer.layer_id)
+        batch, num_kv_heads, width = meta.head_rows.shape
+        dim = layer.head_dim
+        rows = meta.head_rows.view(-1)
+        keys = k_buf.view(-1, dim).index_select(0, rows).view(batch, num_kv_heads, width, dim)
+        values = v_buf.view(-1, dim).index_select(0, rows).view(batch, num_kv_heads, width, dim)
+        q = q.view(batch, num_kv_heads, -1, dim)  # [B, Hkv, G, D]
+        scores = torch.matmul(q, keys.transpose(-1, -2))  # [B, Hkv, G, L]
+        # fp32 softmax: bias + scaling * scores promotes to float32 in one op
+        probs = torch.add(meta.bias, scores, alpha=layer.scaling).softmax(-1).to(q.dtype)
+        return torch.matmul(probs, values).view(batch, -1)  # [B, H * D]
+
+    def _extend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Attention, meta: AttnMetadata
+    ) -> torch.Tensor:
+        k_buf, v_buf = self.kv_pool.get_kv_buffer(layer.layer_id)
+        out = torch.empty_like(q)  # [T, H, D]
+        for span in meta.spans:
+            new = slice(span.start, span.start + span.num_new)
+            if span.kv_slots is None:
+                keys, values = k[new], v[new]
+            else:
+                keys, values = k_buf[span.kv_slots], v_buf[span.kv_slots]  # [L, Hkv, D]
+            o = F.scaled_dot_product_attention(
+                q[new].transpose(0, 1).unsqueeze(0),  # [1, H, n, D]
+                keys.transpose(0, 1).unsqueeze(0),  # [1, Hkv, L, D]
+                values.transpose(0, 1).unsqueeze(0),
+                attn_mask=span.mask,
+                is_causal=span.mask is None,
+                scale=layer.scaling,
+                enable_gqa=True,
+            )
+            out[new] = o[0].transpose(0, 1)
+        return out.view(q.shape[0], -1)
+
+
+def _extend_spans(fb: ForwardBatch, slots: torch.Tensor) -> list[ExtendSpan]:
+    spans, start = [], 0
+    for i, (num_new, prefix) in enumerate(zip(fb.extend_seq_lens_cpu, fb.extend_prefix_lens_cpu)):
+        if prefix == 0:
+            spans.append(ExtendSpan(start, num_new, None, None))
+        else:
+            total = prefix + num_new
+            keys = torch.arange(total, device=slots.device)
+            queries = torch.arange(prefix, total, device=slots.device)
+            mask = keys[None, :] <= queries[:, None]  # [n, L]: the prefix and earlier new tokens
+            spans.append(ExtendSpan(start, num_new, slots[i, :total], mask))
+        start += num_new
+    return spans

@@ -1,0 +1,97 @@
+"""The logits layer: next-token logits per request, and input-token logprobs where asked."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sglang.srt.model_executor.forward_batch import ForwardBatch, LogitsOutput
+
+# Rows of full-vocab logits materialized at once when scoring input tokens (bounds memory).
+_LOGPROB_CHUNK = 256
+
+
+class LogitsProcessor:
+    """Projects hidden states to the vocabulary only where a distribution is needed."""
+
+    def __call__(
+        self, hidden: torch.Tensor, lm_head: torch.Tensor, forward_batch: ForwardBatch
+    ) -> LogitsOutput:
+        # hidden: [T, D], lm_head: [V, D]
+        fb = forward_batch
+        last = hidden if fb.is_decode else hidden.index_select(0, _last_token_rows(fb))
+        next_token_logits = F.linear(last, lm_head).float()  # [B, V]
+        if not fb.return_logprob:
+            return LogitsOutput(next_token_logits=next_token_logits)
+        logprobs, top = _input_logprobs(hidden, lm_head, fb)
+        return LogitsOutput(next_token_logits, input_token_logprobs=logprobs, input_top_logprobs=top)
+
+
+def _last_token_rows(fb: ForwardBatch) -> torch.Tensor:
+    ends, total = [], 0
+    for n in fb.extend_seq_lens_cpu:
+        total += n
+        ends.append(total - 1)
+    return torch.tensor(ends, dtype=torch.int64, device=fb.input_ids.device)
+
+
+def _scored_spans(fb: ForwardBatch) -> list[tuple[int, int]]:
+    """Per request (first row, count): hidden rows whose next token is scored (see ForwardBatch)."""
+    starts = fb.extend_logprob_start_lens_cpu or [0] * fb.batch_size
+    spans, offset = [], 0
+    for n, k in zip(fb.extend_seq_lens_cpu, starts):
+        assert k >= 0, f"extend_logprob_start_len {k} < 0"
+        spans.append((offset + k, max(n - 1 - k, 0)))
+        offset += n
+    return spans
+
+
+def _input_logprobs(
+    hidden: torch.Tensor, lm_head: torch.Tensor, fb: ForwardBatch
+) -> tuple[list[list[float]], list[list[list[tuple[float, int]]]]]:
+    spans = _scored_spans(fb)
+    top_nums = fb.top_logprobs_nums or [0] * fb.batch_size
+    rows = [r for first, count in spans for r in range(first, first + count)]
+    tops = [top_nums[i] for i, (_, count) in enumerate(spans) for _ in range(count)]
+    token_lp: list[float] = []
+    top_lp: list[list[tuple[float, int]]] = []
+    if rows:
+        token_lp, top_lp = _score_rows(hidden, lm_head, fb.input_ids, rows, tops)
+    logprobs, top, cursor = [], [], 0
+    for i, (_, count) in enumerate(spans):
+        logprobs.append(token_lp[cursor : cursor + count])
+        top.append(top_lp[cursor : cursor + count] if top_nums[i] > 0 else [])
+        cursor += count
+    return logprobs, top
+
+
+def _score_rows(
+    hidden: torch.Tensor,
+    lm_head: torch.Tensor,
+    input_ids: torch.Tensor,
+    rows: list[int],
+    tops: list[int],
+) -> tuple[list[float], list[list[tuple[float, int]]]]:
+    """Logprob of input_ids[r + 1] under the distribution after row r, for each row r; + top-k."""
+    index = torch.tensor(rows, dtype=torch.int64, device=hidden.device)
+    targets = input_ids.index_select(0, index + 1)
+    max_top = max(tops)
+    token_lp, top_vals, top_ids = [], [], []
+    for lo in range(0, len(rows), _LOGPROB_CHUNK):
+        part = index[lo : lo + _LOGPROB_CHUNK]
+        logprobs = F.linear(hidden.index_select(0, part), lm_head).float().log_softmax(-1)
+        token_lp.append(logprobs.gather(1, targets[lo : lo + _LOGPROB_CHUNK, None]).squeeze(1))
+        if max_top > 0:
+            vals, ids = logprobs.topk(max_top, dim=-1)
+            top_vals.append(vals)
+            top_ids.append(ids)
+    top_lp = _top_lists(top_vals, top_ids, tops) if max_top > 0 else [[] for _ in rows]
+    return torch.cat(token_lp).tolist(), top_lp
+
+
+def _top_lists(
+    vals: list[torch.Tensor], ids: list[torch.Tensor], tops: list[int]
+) -> list[list[tuple[float, int]]]:
+    all_vals = torch.cat(vals).tolist()
+    all_ids = torch.cat(ids).tolist()
+    return [list(zip(v[:k], i[:k])) for v, i, k in zip(all_vals, all_ids, tops)]

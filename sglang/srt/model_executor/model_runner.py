@@ -1,0 +1,115 @@
+"""ModelRunner: loads the model, owns the KV memory pools, and runs one forward pass."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import torch
+
+from sglang.srt.configs.model_config import ModelConfig
+from sglang.srt.layers.attention import TorchNativeAttnBackend
+from sglang.srt.layers.logits import LogitsProcessor
+from sglang.srt.mem_cache.memory_pool import (
+    MHATokenToKVPool,
+    ReqToTokenPool,
+    TokenToKVPoolAllocator,
+)
+from sglang.srt.model_executor.forward_batch import ForwardBatch, LogitsOutput
+from sglang.srt.model_loader.loader import load_model, resolve_model_path
+from sglang.srt.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_RUNNING_REQUESTS = 256
+# On CPU the pool also competes with the weights and the OS for RAM; beyond ~1M tokens a
+# 2-core machine could not use the cache anyway.
+CPU_MAX_POOL_TOKENS = 1 << 20
+# req_to_token rows are a few columns longer than the context, so the token a request decodes
+# right at the context limit still has a column.
+_ROW_SLACK = 8
+
+
+class ModelRunner:
+    """One model on one device; forward(ForwardBatch) -> LogitsOutput."""
+
+    def __init__(self, server_args: ServerArgs) -> None:
+        self.server_args = server_args
+        self.device = _resolve_device(server_args.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(server_args.num_threads or os.cpu_count() or 1)
+        self.model_path = resolve_model_path(server_args.model_path)
+        self.tokenizer_path = server_args.tokenizer_path or self.model_path
+        self.model_config = ModelConfig.from_path(
+            self.model_path,
+            context_length=server_args.context_length,
+            dtype=server_args.dtype,
+            tokenizer_path=self.tokenizer_path,
+        )
+        self.dtype = self.model_config.dtype
+        self.model = load_model(self.model_config, self.device)
+        self.logits_processor = LogitsProcessor()
+        # filled by init_memory_pool()
+        self.req_to_token_pool: Optional[ReqToTokenPool] = None
+        self.token_to_kv_pool_allocator: Optional[TokenToKVPoolAllocator] = None
+        self.token_to_kv_pool: Optional[MHATokenToKVPool] = None
+        self.attn_backend: Optional[TorchNativeAttnBackend] = None
+        self.max_total_tokens = 0
+
+    def init_memory_pool(
+        self, max_total_tokens: Optional[int] = None, max_running_requests: Optional[int] = None
+    ) -> None:
+        """Create the request table, the slot allocator and the KV buffers (sized from memory)."""
+        cfg = self.model_config
+        self.max_total_tokens = max_total_tokens or self._pool_tokens_from_memory()
+        rows = max_running_requests or DEFAULT_MAX_RUNNING_REQUESTS
+        device = str(self.device)
+        self.req_to_token_pool = ReqToTokenPool(rows, cfg.context_len + _ROW_SLACK, device)
+        self.token_to_kv_pool_allocator = TokenToKVPoolAllocator(self.max_total_tokens, device)
+        self.token_to_kv_pool = MHATokenToKVPool(
+            self.max_total_tokens, self.dtype, cfg.num_kv_heads, cfg.head_dim, cfg.num_layers, device
+        )
+        self.attn_backend = TorchNativeAttnBackend(self.token_to_kv_pool)
+        logger.info("KV pool: %d tokens, %d request rows", self.max_total_tokens, rows)
+
+    def forward(self, forward_batch: ForwardBatch) -> LogitsOutput:
+        assert self.attn_backend is not None, "call init_memory_pool() before forward()"
+        with torch.inference_mode():
+            self.attn_backend.init_forward_metadata(forward_batch)
+            fb = forward_batch
+            hidden = self.model(fb.input_ids, fb.positions, fb)  # [T, hidden]
+            return self.logits_processor(hidden, self.model.lm_head_weight, fb)
+
+    def _pool_tokens_from_memory(self) -> int:
+        cfg = self.model_config
+        per_token = MHATokenToKVPool.bytes_per_token(
+            self.dtype, cfg.num_kv_heads, cfg.head_dim, cfg.num_layers
+        )
+        budget = int(_free_memory_bytes(self.device) * self.server_args.mem_fraction_static)
+        tokens = max(budget // per_token, 1)
+        if self.device.type == "cpu":
+            tokens = min(tokens, CPU_MAX_POOL_TOKENS)
+        return tokens
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda': no CUDA device is available")
+    return torch.device(device)
+
+
+def _free_memory_bytes(device: torch.device) -> int:
+    """Free memory on device: CUDA's free bytes, else the OS's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

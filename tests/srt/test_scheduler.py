@@ -1,0 +1,184 @@
+"""Scheduler: continuous batching, chunked prefill, radix reuse and retraction give the same tokens."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from sglang.srt.managers.io_struct import AbortReq, TokenizedGenerateReqInput
+from sglang.srt.managers.scheduler import Scheduler
+from sglang.srt.sampling.sampling_params import SamplingParams
+from sglang.srt.server_args import ServerArgs
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A 2-layer random Llama with the default model's tokenizer (so text decoding is real)."""
+    from sglang.srt.model_loader.default_model import default_model_file
+
+    gguf = default_model_file()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        os.path.dirname(gguf), gguf_file=os.path.basename(gguf)
+    )
+    config = transformers.LlamaConfig(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        initializer_range=0.3,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    path = str(tmp_path_factory.mktemp("tiny-llama"))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make_scheduler(model_dir: str, **overrides) -> Scheduler:
+    args = dict(model_path=model_dir, dtype="float32", device="cpu", grammar_backend="none")
+    args.update(overrides)
+    return Scheduler(ServerArgs(**args))
+
+
+def request(rid: str, ids: list[int], max_new: int = 12, **kw) -> TokenizedGenerateReqInput:
+    params = SamplingParams.from_dict(
+        {"max_new_tokens": max_new, "temperature": 0, "ignore_eos": True, **kw.pop("params", {})}
+    )
+    return TokenizedGenerateReqInput(rid, None, ids, params, **kw)
+
+
+def run_all(scheduler: Scheduler, msgs: list, max_steps: int = 2000) -> dict[str, dict]:
+    """Feed messages, step until every request finished; gather each request's output."""
+    for m in msgs:
+        scheduler.handle_message(m)
+    results: dict[str, dict] = {}
+    for _ in range(max_steps):
+        for req in scheduler.step():
+            out = scheduler.make_output(req)
+            r = results.setdefault(out.rid, {"ids": [], "text": "", "input_lp": None, "out_lp": []})
+            r["ids"] += out.output_ids
+            r["text"] += out.text_delta
+            r["finish"] = out.finish_reason
+            r["cached"] = out.cached_tokens
+            if out.input_token_logprobs is not None:
+                r["input_lp"] = out.input_token_logprobs
+            r["out_lp"] += out.output_token_logprobs or []
+        if not scheduler.has_work() and all(r.get("finish") for r in results.values()):
+            break
+    return results
+
+
+def prompts(n: int, length: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(100, 40000, (length + 3 * i,), generator=g).tolist() for i in range(n)]
+
+
+def test_batched_equals_one_at_a_time(tiny_model_dir):
+    ps = prompts(4, 20)
+    alone = {}
+    for i, p in enumerate(ps):
+        s = make_scheduler(tiny_model_dir, disable_radix_cache=True)
+        alone.update(run_all(s, [request(f"r{i}", p)]))
+    together = run_all(make_scheduler(tiny_model_dir), [request(f"r{i}", p) for i, p in enumerate(ps)])
+    for rid in alone:
+        assert together[rid]["ids"] == alone[rid]["ids"]
+        assert len(together[rid]["ids"]) == 12
+        assert together[rid]["finish"] == {"type": "length", "length": 12}
+
+
+def test_chunked_prefill_gives_the_same_tokens(tiny_model_dir):
+    ps = prompts(3, 40, seed=1)
+    whole = run_all(make_scheduler(tiny_model_dir), [request(f"r{i}", p) for i, p in enumerate(ps)])
+    chunked = run_all(
+        make_scheduler(tiny_model_dir, chunked_prefill_size=7),
+        [request(f"r{i}", p) for i, p in enumerate(ps)],
+    )
+    for rid in whole:
+        assert chunked[rid]["ids"] == whole[rid]["ids"]
+
+
+def test_radix_cache_reuses_prefix_and_keeps_output(tiny_model_dir):
+    s = make_scheduler(tiny_model_dir)
+    (p,) = prompts(1, 30, seed=2)
+    first = run_all(s, [request("a", p)])["a"]
+    second = run_all(s, [request("b", p)])["b"]
+    assert first["cached"] == 0
+    assert second["cached"] == len(p) - 1
+    assert second["ids"] == first["ids"]
+    extended = run_all(s, [request("c", p + first["ids"][:5])])["c"]
+    assert extended["cached"] >= len(p)
+    assert s.tree_cache.hit_rate() > 0
+
+
+def test_retraction_under_a_small_pool_keeps_outputs(tiny_model_dir):
+    ps = prompts(6, 16, seed=3)
+    reference = run_all(make_scheduler(tiny_model_dir), [request(f"r{i}", p, 40) for i, p in enumerate(ps)])
+    small = make_scheduler(tiny_model_dir, max_total_tokens=160)
+    squeezed = run_all(small, [request(f"r{i}", p, 40) for i, p in enumerate(ps)])
+    for rid in reference:
+        assert squeezed[rid]["ids"] == reference[rid]["ids"]
+    assert small.allocator.available_size() + small.tree_cache.total_size() == 160
+
+
+def test_input_logprobs_same_with_chunks_and_cache(tiny_model_dir):
+    (p,) = prompts(1, 25, seed=4)
+    kw = dict(return_logprob=True, logprob_start_len=0)
+    plain = run_all(make_scheduler(tiny_model_dir), [request("a", p, 0, **kw)])["a"]
+    chunked = run_all(
+        make_scheduler(tiny_model_dir, chunked_prefill_size=6), [request("a", p, 0, **kw)]
+    )["a"]
+    assert plain["input_lp"][0] == (None, p[0])
+    assert [t for _, t in plain["input_lp"]] == p
+    for (x, _), (y, _) in zip(plain["input_lp"][1:], chunked["input_lp"][1:]):
+        assert abs(x - y) < 1e-4
+    # select-style: the prefix is cached, logprobs start near its end
+    s = make_scheduler(tiny_model_dir)
+    run_all(s, [request("prefix", p[:20], 0)])
+    tail = run_all(s, [request("t", p, 0, return_logprob=True, logprob_start_len=18)])["t"]
+    assert [t for _, t in tail["input_lp"]] == p[18:]
+    for (x, _), (y, _) in zip(tail["input_lp"], plain["input_lp"][18:]):
+        assert abs(x - y) < 1e-4
+
+
+def test_output_logprobs_are_greedy_maxima(tiny_model_dir):
+    (p,) = prompts(1, 10, seed=5)
+    r = run_all(
+        make_scheduler(tiny_model_dir),
+        [request("a", p, 5, return_logprob=True, logprob_start_len=-1, top_logprobs_num=3)],
+    )["a"]
+    assert [t for _, t in r["out_lp"]] == r["ids"]
+
+
+def test_max_new_tokens_zero_and_abort(tiny_model_dir):
+    s = make_scheduler(tiny_model_dir)
+    (p, q) = prompts(2, 12, seed=6)
+    r = run_all(s, [request("zero", p, 0)])["zero"]
+    assert r["ids"] == [] and r["finish"]["type"] == "length"
+    s.handle_message(request("long", q, 500))
+    s.step()
+    results = run_all(s, [AbortReq("long")])
+    assert results["long"]["finish"]["type"] == "abort"
+    assert not s.running and s.tree_cache.protected_size() == 0
+
+
+def test_stop_string_trims_text(tiny_model_dir):
+    s = make_scheduler(tiny_model_dir)
+    (p,) = prompts(1, 10, seed=7)
+    free = run_all(s, [request("a", p, 20)])["a"]
+    text = free["text"]
+    assert len(text) > 4
+    stop = text[3:5]
+    cut = run_all(s, [request("b", p, 20, params={"stop": stop})])["b"]
+    assert cut["finish"]["type"] == "stop" and cut["finish"]["matched"] == stop
+    assert cut["text"] == text[: text.index(stop)]
