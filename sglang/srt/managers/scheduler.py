@@ -192,6 +192,8 @@ class Scheduler:
             "mean_running_batch_size": self.stats.mean_decode_batch(),
             "num_decode_steps": self.stats.decode_steps,
             "num_generated_tokens": self.stats.generated_tokens,
+            "num_jump_forward_tokens": self.stats.jump_forward_tokens,
+            "num_retractions": self.stats.retractions,
             "device": str(self.device),
         }
 
@@ -423,8 +425,8 @@ class Scheduler:
             return
         reqs = [chunks[i].req for i in rows]
         logits = out.next_token_logits[rows] if len(rows) != len(chunks) else out.next_token_logits
-        self._apply_grammar_masks(reqs, logits)
         info = SamplingBatchInfo.from_reqs(reqs, self.vocab_size, self.device, self.eos_token_ids)
+        info.vocab_mask = self._grammar_mask(reqs)
         want_lp = any(r.return_logprob for r in reqs)
         result = self.sampler.sample(
             logits, info, want_lp, [r.top_logprobs_num if r.return_logprob else 0 for r in reqs]
@@ -438,15 +440,15 @@ class Scheduler:
             self._append_tokens(req, [token], sampled=True)
         self.stats.generated_tokens += len(next_ids)
 
-    def _apply_grammar_masks(self, reqs: list[Req], logits: torch.Tensor) -> None:
-        constrained = [i for i, r in enumerate(reqs) if r.grammar is not None]
-        if not constrained:
-            return
-        backend = self.grammar_backend
-        mask = backend.allocate_vocab_mask(self.vocab_size, len(reqs), self.device)
-        for i in constrained:
-            reqs[i].grammar.fill_vocab_mask(mask, i)
-        backend.apply_vocab_mask(logits, mask)
+    def _grammar_mask(self, reqs: list[Req]) -> Optional[torch.Tensor]:
+        """bool [B, V], True = allowed, or None when no request in the batch is constrained."""
+        if all(r.grammar is None for r in reqs):
+            return None
+        from sglang.srt.constrained.base_grammar_backend import unpack_vocab_mask
+
+        mask = self.grammar_backend.allocate_vocab_mask(len(reqs), self.device)
+        self.grammar_backend.fill_vocab_masks([r.grammar for r in reqs], mask)
+        return unpack_vocab_mask(mask.to(self.device, non_blocking=True), self.vocab_size)
 
     def _append_tokens(self, req: Req, tokens: list[int], sampled: bool) -> None:
         """Append output tokens: grammar, text, stop conditions; then jump-forward if possible."""
@@ -479,22 +481,42 @@ class Scheduler:
             req.finish(FinishReason.STOP, matched=None)
 
     def _jump_forward(self, req: Req) -> None:
+        """Append the tokens the grammar forces, without a forward pass each; the next extend
+        computes their KV in one go."""
         if self.server_args.disable_jump_forward or req.return_logprob:
             return
-        forced = req.grammar.try_jump_forward()
-        if not forced:
+        jump = req.grammar.try_jump_forward()
+        if jump is None:
             return
-        if isinstance(forced, tuple):  # (tokens to remove, tokens to add): only pure appends here
-            remove, forced = forced
-            if remove:
+        if jump.num_rollback:
+            if not jump.tokens:
+                req.grammar.accept_token(req.output_ids[-1])  # keep matcher and output in step
                 return
-        budget = _max_new(req) - req.step
-        forced = list(forced)[:budget]
+            self._rollback_last_token(req)
+        forced = list(jump.tokens)[: _max_new(req) - req.step]
         self.stats.jump_forward_tokens += len(forced)
         self._append_tokens(req, forced, sampled=False)
         if not req.finished and req.grammar.is_terminated():
             req.finish(FinishReason.STOP, matched=None)
             self._finalize_text(req)
+
+    def _rollback_last_token(self, req: Req) -> None:
+        """Drop the last sampled token (its KV is not computed yet): the forced text re-tokenizes
+        it together with what follows. The text is rebuilt from the remaining ids."""
+        assert req.pending_len == 1, "only the newest, uncomputed token can be rolled back"
+        req.output_ids.pop()
+        params = req.sampling_params
+        req.detokenizer = IncrementalDetokenizer(
+            self.tokenizer,
+            req.fill_ids,
+            skip_special_tokens=params.skip_special_tokens,
+            spaces_between_special_tokens=params.spaces_between_special_tokens,
+        )
+        req.text = self.tokenizer.decode(
+            req.output_ids,
+            skip_special_tokens=params.skip_special_tokens,
+            clean_up_tokenization_spaces=False,
+        )
 
     def _update_text(self, req: Req, tokens: list[int]) -> None:
         start = len(req.text)
