@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [_HERE, os.path.dirname(_HERE)]  # common.py, and sglang without installing it
 from common import attach_or_start, print_env  # noqa: E402
 
 import sglang as sgl  # noqa: E402
@@ -89,6 +90,7 @@ def run_mode(mode: str, base_url: str, model: str, n: int, spec: Optional[int]) 
         state = program.run(who=PEOPLE[i % len(PEOPLE)], backend=backend, temperature=0)
         if state.error() is not None:
             failed += 1
+            print(f"# {mode}, program {i}: {str(state.error())[:160]}", flush=True)
             continue
         values = [state[f] for f in FIELDS]
         kept += all(v.strip() and "\n" not in v for v in values)
@@ -112,13 +114,23 @@ def main() -> None:
     parser.add_argument("--model", default="default", help="the model name sent to /v1")
     parser.add_argument("--num-programs", type=int, default=8)
     parser.add_argument("--spec-tokens", type=int, default=64, help="num_api_spec_tokens")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["completion", "completion-spec", "chat-spec"],
+        default=["completion", "completion-spec", "chat-spec"],
+    )
     args = parser.parse_args()
     print_env()
-    modes = [
-        ("completion, no speculation", None),
-        (f"completion, num_api_spec_tokens={args.spec_tokens}", args.spec_tokens),
-        (f"chat, num_api_spec_tokens={args.spec_tokens}", args.spec_tokens),
-    ]
+    all_modes = {
+        "completion": ("completion, no speculation", None),
+        "completion-spec": (
+            f"completion, num_api_spec_tokens={args.spec_tokens}",
+            args.spec_tokens,
+        ),
+        "chat-spec": (f"chat, num_api_spec_tokens={args.spec_tokens}", args.spec_tokens),
+    }
+    modes = [all_modes[m] for m in args.modes]
     with attach_or_start(args.url) as server:
         results = [
             run_mode(name, server.url, args.model, args.num_programs, spec) for name, spec in modes

@@ -306,7 +306,7 @@ def main() -> None:
     parser.add_argument("--workloads", default="mmlu,hellaswag",
                         help="comma-separated subset of: " + ", ".join(WORKLOADS))
     parser.add_argument("--num-questions", type=int, default=200)
-    parser.add_argument("--num-questions-no-cache", type=int, default=64,
+    parser.add_argument("--num-questions-no-cache", type=int, default=32,
                         help="questions for the --disable-radix-cache run (a rate is reported, "
                         "so a subset keeps the run bounded)")
     parser.add_argument("--concurrency", type=int, default=64)

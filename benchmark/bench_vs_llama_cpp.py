@@ -64,7 +64,7 @@ CHARACTER_REGEX = (
 # The same language as CHARACTER_REGEX in llama.cpp's GBNF (\w and \s restricted to ASCII).
 CHARACTER_GBNF = r"""
 root ::= "{\n" "    \"name\": \"" str "\",\n" "    \"house\": \"" house "\",\n" "    \"blood status\": \"" blood "\",\n" "    \"occupation\": \"" occupation "\",\n" "    \"wand\": {\n" "        \"wood\": \"" str "\",\n" "        \"core\": \"" str "\",\n" "        \"length\": " length "\n" "    },\n" "    \"alive\": \"" alive "\",\n" "    \"patronus\": \"" str "\",\n" "    \"bogart\": \"" str "\"\n" "}"
-str ::= [a-zA-Z0-9_ \t\n\r\f\v]{1,16}
+str ::= [a-zA-Z0-9_ \t\n\r\x0B\x0C]{1,16}
 house ::= "Gryffindor" | "Slytherin" | "Ravenclaw" | "Hufflepuff"
 blood ::= "Pure-blood" | "Half-blood" | "Muggle-born"
 occupation ::= "student" | "teacher" | "auror" | "ministry of magic" | "death eater" | "order of the phoenix"
@@ -183,7 +183,7 @@ def llama_json(url: str, names: list[str], concurrency: int, label: str) -> Resu
 # ---------------------------------------------------------------- driving the servers
 
 def best_llama(args: argparse.Namespace, ctx_per_slot: int,
-               run: Callable[[str, str], Result]) -> Result:
+               run: Callable[[str, str], Result], unit: str) -> Result:
     """Run `run(url, label)` on llama-server with each -np of --np-list; keep the fastest."""
     if args.llama_url:
         return run(args.llama_url.rstrip("/"), "llama.cpp")
@@ -194,7 +194,7 @@ def best_llama(args: argparse.Namespace, ctx_per_slot: int,
         server: ServerProcess = start_llama_server(free_port(), flags)
         with server:
             result = run(server.url, f"llama.cpp -np {n}")
-        print(result.describe("q"), flush=True)
+        print(result.describe(unit), flush=True)
         if best is None or result.throughput > best.throughput:
             best = result
     assert best is not None, "--np-list is empty"
@@ -208,7 +208,7 @@ def compare_mmlu(args: argparse.Namespace) -> list[Row]:
         ours = ours_mmlu(server.url, prefix, questions, args.concurrency)
     print(ours.describe("q"), flush=True)
     theirs = best_llama(args, 2048, lambda url, label: llama_mmlu(
-        url, prefix, questions, args.concurrency, label))
+        url, prefix, questions, args.concurrency, label), "q")
     print(f"# best llama.cpp: {theirs.label}", flush=True)
     return [Row(f"mmlu-style, {len(questions)} q ({theirs.label})", ours.throughput,
                 theirs.throughput, None, "q/s")]
@@ -226,7 +226,7 @@ def compare_json(args: argparse.Namespace) -> list[Row]:
             ours[tag] = ours_json(server.url, names, args.concurrency, f"sglang ({tag})")
         print(ours[tag].describe("names"), flush=True)
     theirs = best_llama(args, 1024, lambda url, label: llama_json(
-        url, names, args.concurrency, label))
+        url, names, args.concurrency, label), "names")
     print(f"# best llama.cpp (grammar): {theirs.label}", flush=True)
     return [Row(f"json regex, {len(names)} names, ours {tag} ({theirs.label})", r.throughput,
                 theirs.throughput, None, "names/s") for tag, r in ours.items()]

@@ -39,6 +39,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def stop_servers_on_sigterm() -> None:
+    """Turn SIGTERM (e.g. from `timeout`) into SystemExit so `with` blocks stop our servers."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
 @dataclass
 class ServerProcess:
     """A server started as a subprocess; `stop()` ends it (and its children)."""
@@ -51,6 +60,7 @@ class ServerProcess:
     def start(cls, cmd: list[str], url: str, log_path: str | None = None,
               timeout: float = 300.0, env: dict[str, str] | None = None) -> ServerProcess:
         """Start `cmd` in its own process group and wait for GET {url}/health to answer 200."""
+        stop_servers_on_sigterm()
         if log_path is None:
             fd, log_path = tempfile.mkstemp(prefix="sglang-bench-", suffix=".log")
             os.close(fd)
@@ -240,8 +250,10 @@ class Row:
         return self.ours / self.theirs
 
 
-def _fmt(x: float | None, digits: int = 1) -> str:
-    return "-" if x is None else f"{x:,.{digits}f}"
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
 def print_table(title: str, rows: list[Row], ours_name: str = "sglang",

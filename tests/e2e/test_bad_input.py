@@ -8,7 +8,10 @@ from typing import Any, Iterator
 import pytest
 import requests
 
-GOOD = {"text": "The capital of France is", "sampling_params": {"max_new_tokens": 4, "temperature": 0}}
+GOOD = {
+    "text": "The capital of France is",
+    "sampling_params": {"max_new_tokens": 4, "temperature": 0},
+}
 
 
 def post_raw(url: str, path: str, data: bytes) -> requests.Response:
@@ -41,7 +44,11 @@ NATIVE_CASES = [
     ("negative temperature", {"text": "hi", "sampling_params": {"temperature": -1}}, "temperature"),
     ("top_p out of range", {"text": "hi", "sampling_params": {"top_p": 1.5}}, "top_p"),
     ("wrong type", {"text": "hi", "sampling_params": {"max_new_tokens": "ten"}}, "max_new_tokens"),
-    ("negative max tokens", {"text": "hi", "sampling_params": {"max_new_tokens": -1}}, "max_new_tokens"),
+    (
+        "negative max tokens",
+        {"text": "hi", "sampling_params": {"max_new_tokens": -1}},
+        "max_new_tokens",
+    ),
     ("empty prompt", {"text": ""}, "empty"),
     ("empty input_ids", {"input_ids": []}, "input_ids"),
     ("no prompt", {"sampling_params": {}}, "text"),
@@ -49,15 +56,27 @@ NATIVE_CASES = [
     ("token out of vocab", {"input_ids": [1, 10**9]}, "input_ids"),
     ("invalid regex", {"text": "hi", "sampling_params": {"regex": "(ab"}}, "regex"),
     ("empty regex", {"text": "hi", "sampling_params": {"regex": ""}}, "regex"),
-    ("invalid json_schema", {"text": "hi", "sampling_params": {"json_schema": "{oops"}}, "json_schema"),
+    (
+        "invalid json_schema",
+        {"text": "hi", "sampling_params": {"json_schema": "{oops"}},
+        "json_schema",
+    ),
     ("invalid ebnf", {"text": "hi", "sampling_params": {"ebnf": "root ::= ("}}, "ebnf"),
     (
         "two grammars",
         {"text": "hi", "sampling_params": {"regex": "a+", "json_schema": {"type": "object"}}},
         "at most one",
     ),
-    ("bad logprob_start_len", {"text": "hi", "return_logprob": True, "logprob_start_len": 50}, "logprob_start_len"),
-    ("bad top_logprobs_num", {"text": "hi", "return_logprob": True, "top_logprobs_num": -2}, "top_logprobs_num"),
+    (
+        "bad logprob_start_len",
+        {"text": "hi", "return_logprob": True, "logprob_start_len": 50},
+        "logprob_start_len",
+    ),
+    (
+        "bad top_logprobs_num",
+        {"text": "hi", "return_logprob": True, "top_logprobs_num": -2},
+        "top_logprobs_num",
+    ),
     (
         "sampling_params list of the wrong length",
         {"text": ["a", "b"], "sampling_params": [{"max_new_tokens": 1}]},
@@ -92,7 +111,9 @@ def test_too_long_prompt_names_the_numbers(
     assert_still_serving(server_url, reference)
 
 
-def test_stream_request_with_bad_input_is_a_plain_400(server_url: str, reference: dict[str, Any]) -> None:
+def test_stream_request_with_bad_input_is_a_plain_400(
+    server_url: str, reference: dict[str, Any]
+) -> None:
     body = {"text": "hi", "stream": True, "sampling_params": {"temperature": -3}}
     res = requests.post(server_url + "/generate", json=body, timeout=120)
     assert res.status_code == 400 and "temperature" in res.json()["error"]["message"]
@@ -110,10 +131,17 @@ OPENAI_CASES = [
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 0}, "n"),
     (
         "/v1/chat/completions",
-        {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}},
+        {
+            "messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema"},
+        },
         "schema",
     ),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "regex": "(("}, "regex"),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "regex": "(("},
+        "regex",
+    ),
 ]
 
 
@@ -146,11 +174,18 @@ def wait_idle(url: str, deadline_s: float = 120.0) -> dict[str, Any]:
         time.sleep(0.5)
 
 
-LONG = {"text": "Count to one thousand:", "sampling_params": {"max_new_tokens": 4000, "ignore_eos": True}}
+LONG = {
+    "text": "Count to one thousand:",
+    "sampling_params": {"max_new_tokens": 4000, "ignore_eos": True},
+}
 
 
-def test_client_disconnect_mid_stream_is_aborted(server_url: str, reference: dict[str, Any]) -> None:
-    with requests.post(server_url + "/generate", json={**LONG, "stream": True}, stream=True, timeout=300) as res:
+def test_client_disconnect_mid_stream_is_aborted(
+    server_url: str, reference: dict[str, Any]
+) -> None:
+    with requests.post(
+        server_url + "/generate", json={**LONG, "stream": True}, stream=True, timeout=300
+    ) as res:
         lines = res.iter_lines()
         got = [line for line in (next(lines) for _ in range(3)) if line.startswith(b"data:")]
         assert got, "no event before disconnecting"
@@ -159,7 +194,9 @@ def test_client_disconnect_mid_stream_is_aborted(server_url: str, reference: dic
     assert_still_serving(server_url, reference)
 
 
-def test_client_disconnect_while_waiting_is_aborted(server_url: str, reference: dict[str, Any]) -> None:
+def test_client_disconnect_while_waiting_is_aborted(
+    server_url: str, reference: dict[str, Any]
+) -> None:
     with pytest.raises(requests.exceptions.ReadTimeout):
         requests.post(server_url + "/generate", json=LONG, timeout=(10, 2))
     info = wait_idle(server_url)
@@ -174,7 +211,9 @@ def test_openai_stream_disconnect_is_aborted(server_url: str, reference: dict[st
         "ignore_eos": True,
         "stream": True,
     }
-    with requests.post(server_url + "/v1/chat/completions", json=body, stream=True, timeout=300) as res:
+    with requests.post(
+        server_url + "/v1/chat/completions", json=body, stream=True, timeout=300
+    ) as res:
         assert next(res.iter_lines()).startswith(b"data:")
     info = wait_idle(server_url)
     assert info["num_running_reqs"] == 0 and info["num_pending_requests"] == 0, info
@@ -195,6 +234,8 @@ def test_tiny_kv_cache_rejects_what_cannot_fit_and_queues_the_rest(tiny_url: str
     assert res.status_code == 400 and "160" in res.json()["error"]["message"]
     prompts = [f"Request number {i} asks for a short answer please" for i in range(4)]
     params = {"max_new_tokens": 40, "ignore_eos": True, "temperature": 0}
-    res = requests.post(tiny_url + "/generate", json={"text": prompts, "sampling_params": params}, timeout=600)
+    res = requests.post(
+        tiny_url + "/generate", json={"text": prompts, "sampling_params": params}, timeout=600
+    )
     assert res.status_code == 200, res.text
     assert [o["meta_info"]["completion_tokens"] for o in res.json()] == [40] * 4

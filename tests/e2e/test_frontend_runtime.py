@@ -37,7 +37,9 @@ def test_the_models_own_chat_template_is_used(backend: Any) -> None:
 
     state = chat.run(temperature=0)
     # SmolLM2's Jinja template inserts its own default system prompt.
-    assert state.text().startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert state.text().startswith(
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM"
+    )
     assert [m["role"] for m in state.messages()] == ["system", "user", "assistant"]
     assert "<|im_end|>" not in state["a"]
 
@@ -54,7 +56,7 @@ def test_gen_int_and_gen_string_are_literals(backend: Any) -> None:
     @sgl.function
     def typed(s):
         s += "Q: How many legs does a spider have?\nA: " + sgl.gen_int("n", max_tokens=4) + "\n"
-        s += 'Q: Name a color in quotes.\nA: ' + sgl.gen_string("c", max_tokens=8)
+        s += "Q: Name a color in quotes.\nA: " + sgl.gen_string("c", max_tokens=8)
 
     state = typed.run(temperature=0)
     assert re.fullmatch(r"[-+]?[0-9]+", state["n"]), state["n"]
@@ -80,14 +82,20 @@ def test_json_schema_from_a_pydantic_model(backend: Any) -> None:
 def test_grammar_constrains_to_its_language(backend: Any) -> None:
     @sgl.function
     def yes_no(s):
-        s += "Is the sky blue? Answer: " + sgl.gen("a", grammar='root ::= "yes" | "no"', max_tokens=4)
+        s += "Is the sky blue? Answer: " + sgl.gen(
+            "a", grammar='root ::= "yes" | "no"', max_tokens=4
+        )
 
     assert yes_no.run(temperature=0)["a"] in ("yes", "no")
 
 
 @pytest.mark.parametrize(
     "method",
-    [sgl.token_length_normalized, sgl.greedy_token_selection, sgl.unconditional_likelihood_normalized],
+    [
+        sgl.token_length_normalized,
+        sgl.greedy_token_selection,
+        sgl.unconditional_likelihood_normalized,
+    ],
 )
 def test_select_methods_pick_a_choice(backend: Any, method: Any) -> None:
     choices = [" Paris", " London", " Berlin"]
@@ -167,8 +175,12 @@ def test_run_batch_caches_the_traced_prefix(backend: Any) -> None:
         s += "Q: " + q + "\nA:" + sgl.gen("a", max_tokens=4, stop="\n")
 
     backend.flush_cache()
-    states = long_prefix.run_batch([{"q": f"Capital of country number {i}?"} for i in range(4)], temperature=0)
-    assert [s.text().split("Q: ")[-1].split("?")[0] for s in states] == [f"Capital of country number {i}" for i in range(4)]
+    states = long_prefix.run_batch(
+        [{"q": f"Capital of country number {i}?"} for i in range(4)], temperature=0
+    )
+    assert [s.text().split("Q: ")[-1].split("?")[0] for s in states] == [
+        f"Capital of country number {i}" for i in range(4)
+    ]
     for s in states:
         assert s.get_meta_info("a")["cached_tokens"] >= 30  # the shared prefix came from the cache
 

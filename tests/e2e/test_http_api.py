@@ -181,9 +181,9 @@ def test_logprobs_shapes_and_greedy_consistency(server_url: str, tokenizer: Any)
     for entry, top in zip(outp, meta["output_top_logprobs"]):
         assert len(top) == 3 and entry[2] is None
         assert [t[0] for t in top] == sorted((t[0] for t in top), reverse=True)
-        # greedy: the chosen token is the most likely one
-        assert entry[1] == top[0][1]
+        # greedy: the chosen token is a most likely one (the quantized model has exact ties)
         assert math.isclose(entry[0], top[0][0], abs_tol=1e-4)
+        assert entry[1] in [t[1] for t in top if math.isclose(t[0], top[0][0], abs_tol=1e-4)]
 
 
 def test_logprob_start_len_and_texts(server_url: str, tokenizer: Any) -> None:
@@ -204,7 +204,9 @@ def test_logprob_start_len_and_texts(server_url: str, tokenizer: Any) -> None:
 
 
 def test_default_logprob_start_len_returns_no_prompt_logprobs(server_url: str) -> None:
-    out = generate(server_url, text=PROMPT, sampling_params={"max_new_tokens": 2}, return_logprob=True)
+    out = generate(
+        server_url, text=PROMPT, sampling_params={"max_new_tokens": 2}, return_logprob=True
+    )
     assert out["meta_info"]["input_token_logprobs"] == []
     assert len(out["meta_info"]["output_token_logprobs"]) == out["meta_info"]["completion_tokens"]
 

@@ -18,7 +18,7 @@ SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "frontend-langu
 
 # ---------------------------------------------------------------- the seed's code, verbatim
 
-MULTI_TURN_LOCAL = r'''from sglang import function, system, user, assistant, gen, set_default_backend, RuntimeEndpoint
+MULTI_TURN_LOCAL = r"""from sglang import function, system, user, assistant, gen, set_default_backend, RuntimeEndpoint
 
 @function
 def multi_turn_question(s, question_1, question_2):
@@ -39,9 +39,9 @@ for m in state.messages():
     print(m["role"], ":", m["content"])
 
 print(state["answer_1"])
-'''
+"""
 
-MULTI_TURN_OPENAI = r'''from sglang import function, system, user, assistant, gen, set_default_backend, OpenAI
+MULTI_TURN_OPENAI = r"""from sglang import function, system, user, assistant, gen, set_default_backend, OpenAI
 
 @function
 def multi_turn_question(s, question_1, question_2):
@@ -62,9 +62,9 @@ for m in state.messages():
     print(m["role"], ":", m["content"])
 
 print(state["answer_1"])
-'''
+"""
 
-TOOL_USE = r'''@sgl.function
+TOOL_USE = r"""@sgl.function
 def tool_use(s, question):
     s += "To answer this question: " + question + ". "
     s += "I need to use a " + sgl.gen("tool", choices=["calculator", "search engine"]) + ". "
@@ -73,9 +73,9 @@ def tool_use(s, question):
         s += "The math expression is" + sgl.gen("expression")
     elif s["tool"] == "search engine":
         s += "The key word to search is" + sgl.gen("word")
-'''
+"""
 
-TIP_SUGGESTION = r'''@sgl.function
+TIP_SUGGESTION = r"""@sgl.function
 def tip_suggestion(s):
     s += (
         "Here are two tips for staying healthy: "
@@ -90,9 +90,9 @@ def tip_suggestion(s):
     s += "Tip 1:" + forks[0]["detailed_tip"] + "\n"
     s += "Tip 2:" + forks[1]["detailed_tip"] + "\n"
     s += "In summary" + sgl.gen("summary")
-'''
+"""
 
-REGULAR_EXPRESSION_GEN = r'''@sgl.function
+REGULAR_EXPRESSION_GEN = r"""@sgl.function
 def regular_expression_gen(s):
     s += "Q: What is the IP address of the Google DNS servers?\n"
     s += "A: " + sgl.gen(
@@ -100,7 +100,7 @@ def regular_expression_gen(s):
         temperature=0,
         regex=r"((25[0-5]|2[0-4]\d|[01]?\d\d?).){3}(25[0-5]|2[0-4]\d|[01]?\d\d?)",
     )
-'''
+"""
 
 CHARACTER_GEN = r'''character_regex = (
     r"""\{\n"""
@@ -125,7 +125,7 @@ def character_gen(s, name):
     s += sgl.gen("json_output", max_tokens=256, regex=character_regex)
 '''
 
-TEXT_QA_BATCH = r'''@sgl.function
+TEXT_QA_BATCH = r"""@sgl.function
 def text_qa(s, question):
     s += "Q: " + question + "\n"
     s += "A:" + sgl.gen("answer", stop="\n")
@@ -138,9 +138,9 @@ states = text_qa.run_batch(
     ],
     progress_bar=True
 )
-'''
+"""
 
-TEXT_QA_STREAM = r'''@sgl.function
+TEXT_QA_STREAM = r"""@sgl.function
 def text_qa(s, question):
     s += "Q: " + question + "\n"
     s += "A:" + sgl.gen("answer", stop="\n")
@@ -153,9 +153,9 @@ state = text_qa.run(
 
 for out in state.text_iter():
     print(out, end="", flush=True)
-'''
+"""
 
-CHAT_EXAMPLE = r'''@sgl.function
+CHAT_EXAMPLE = r"""@sgl.function
 def chat_example(s):
     s += sgl.system("You are a helpful assistant.")
     # Same as: s += s.system("You are a helpful assistant.")
@@ -166,7 +166,7 @@ def chat_example(s):
     s += sgl.assistant_begin()
     s += "Answer: " + sgl.gen(max_tokens=100, stop="\n")
     s += sgl.assistant_end()
-'''
+"""
 
 SNIPPETS = {
     "multi_turn_local": MULTI_TURN_LOCAL,
@@ -213,6 +213,7 @@ def run_snippet(code: str, **names: Any) -> tuple[dict[str, Any], str]:
     return namespace, out.getvalue()
 
 
+@pytest.mark.timeout(1800)
 def test_multi_turn_question_on_the_local_server(backend: Any, server_url: str) -> None:
     previous = sgl.global_config.default_backend
     try:
@@ -241,7 +242,13 @@ def test_multi_turn_question_through_the_openai_backend_on_our_server(
     finally:
         sgl.global_config.default_backend = previous
     state = ns["state"]
-    assert [m["role"] for m in state.messages()] == ["system", "user", "assistant", "user", "assistant"]
+    assert [m["role"] for m in state.messages()] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
     assert state["answer_1"] and state["answer_2"]
 
 
@@ -267,14 +274,18 @@ def test_tool_use_selects_a_tool_and_follows_the_branch(backend: Any, question: 
     other = "word" if branch_var == "expression" else "expression"
     with pytest.raises(KeyError):
         state[other]
-    assert state.text().startswith(f"To answer this question: {question}. I need to use a {state['tool']}. ")
+    assert state.text().startswith(
+        f"To answer this question: {question}. I need to use a {state['tool']}. "
+    )
 
 
 def test_tip_suggestion_forks_and_joins_texts(backend: Any) -> None:
     ns, _ = run_snippet(TIP_SUGGESTION)
     state = ns["tip_suggestion"].run(max_new_tokens=48, temperature=0)
     text = state.text()
-    assert text.startswith("Here are two tips for staying healthy: 1. Balanced Diet. 2. Regular Exercise.\n\n")
+    assert text.startswith(
+        "Here are two tips for staying healthy: 1. Balanced Diet. 2. Regular Exercise.\n\n"
+    )
     assert "Now, expand tip" not in text  # the forks' prompts stay in the forks
     tip1 = text.split("Tip 1:")[1].split("\nTip 2:")[0]
     assert "\n\n" not in tip1  # stop="\n\n" ends each fork
@@ -296,12 +307,23 @@ def test_character_gen_returns_json_matching_the_regex(backend: Any, temperature
     out = state["json_output"]
     assert re.fullmatch(ns["character_regex"], out), out
     data = json.loads(out)
-    assert set(data) == {"name", "house", "blood status", "occupation", "wand", "alive", "patronus", "bogart"}
+    assert set(data) == {
+        "name",
+        "house",
+        "blood status",
+        "occupation",
+        "wand",
+        "alive",
+        "patronus",
+        "bogart",
+    }
     assert data["house"] in {"Gryffindor", "Slytherin", "Ravenclaw", "Hufflepuff"}
     assert set(data["wand"]) == {"wood", "core", "length"}
 
 
-def test_text_qa_run_batch_returns_one_state_per_question_in_order(backend: Any, capsys: Any) -> None:
+def test_text_qa_run_batch_returns_one_state_per_question_in_order(
+    backend: Any, capsys: Any
+) -> None:
     ns, _ = run_snippet(TEXT_QA_BATCH)
     states = ns["states"]
     questions = [

@@ -36,7 +36,9 @@ class ScriptedBackend(BaseBackend):
         if isinstance(chat_template, str):
             chat_template = get_chat_template(chat_template)
         self.chat_template = chat_template
-        self.choice_logprobs = choice_logprobs or (lambda prompt, choice: [[-float(len(choice)), 0, choice]])
+        self.choice_logprobs = choice_logprobs or (
+            lambda prompt, choice: [[-float(len(choice)), 0, choice]]
+        )
         self.stream_piece_len = stream_piece_len
         self.before_piece = before_piece or (lambda i: None)
         self.calls: list[tuple[str, str, Any]] = []
@@ -70,7 +72,9 @@ class ScriptedBackend(BaseBackend):
             return out, [{"prompt": prompt, "index": i} for i in range(len(out))]
         return out, {"prompt": prompt, "completion_tokens": len(out)}
 
-    def generate_stream(self, s: Any, sampling_params: SglSamplingParams) -> Iterator[tuple[str, dict[str, Any]]]:
+    def generate_stream(
+        self, s: Any, sampling_params: SglSamplingParams
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
         prompt = s.text_
         self._record("generate_stream", prompt, sampling_params)
         out = self.reply(prompt, sampling_params)

@@ -25,7 +25,9 @@ def test_all_public_names_are_exported() -> None:
 
 
 def test_import_is_light() -> None:
-    code = "import sys, sglang; sglang.gen; print('torch' in sys.modules, 'requests' in sys.modules)"
+    code = (
+        "import sys, sglang; sglang.gen; print('torch' in sys.modules, 'requests' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
@@ -101,7 +103,11 @@ def test_dtype_names_and_types() -> None:
 def test_gen_with_choices_is_a_select_at_temperature_zero() -> None:
     expr = sgl.gen("t", choices=["a", "b"])
     assert isinstance(expr, SglSelect)
-    assert (expr.choices, expr.temperature, expr.choices_method) == (["a", "b"], 0.0, sgl.token_length_normalized)
+    assert (expr.choices, expr.temperature, expr.choices_method) == (
+        ["a", "b"],
+        0.0,
+        sgl.token_length_normalized,
+    )
 
 
 @pytest.mark.parametrize("choices", [[], None, ["ok", ""], ["ok", 3]])
@@ -146,8 +152,20 @@ def test_flush_cache_and_server_info_use_the_given_backend() -> None:
 
 
 def test_server_args_to_cli() -> None:
-    args = {"model_path": "m.gguf", "port": 5, "disable_radix_cache": True, "api_key": None, "x": False}
-    assert server_args_to_cli(args) == ["--model-path", "m.gguf", "--port", "5", "--disable-radix-cache"]
+    args = {
+        "model_path": "m.gguf",
+        "port": 5,
+        "disable_radix_cache": True,
+        "api_key": None,
+        "x": False,
+    }
+    assert server_args_to_cli(args) == [
+        "--model-path",
+        "m.gguf",
+        "--port",
+        "5",
+        "--disable-radix-cache",
+    ]
 
 
 def test_runtime_reports_the_log_tail_when_the_server_dies() -> None:

@@ -349,43 +349,32 @@ def test_route_prefill_and_images(route, client):
     assert msg.content[0].text == "Hello there. How "
 
 
+def _body(**overrides: Any) -> dict[str, Any]:
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    body.update(overrides)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+_NO_DATA_IMAGE = {"type": "image", "source": {"type": "base64"}}
+
+
 @pytest.mark.parametrize(
-    "body, fragment",
+    "overrides, fragment",
     [
-        ({"model": "m", "messages": [{"role": "user", "content": "Hi"}]}, "max_tokens"),
-        (
-            {"model": "m", "max_tokens": 0, "messages": [{"role": "user", "content": "x"}]},
-            "max_tokens",
-        ),
-        ({"model": "m", "max_tokens": 5, "messages": []}, "messages"),
-        ({"model": "m", "max_tokens": 5, "messages": [{"role": "tool", "content": "x"}]}, "role"),
-        (
-            {
-                "model": "m",
-                "max_tokens": 5,
-                "temperature": 3,
-                "messages": [{"role": "user", "content": "x"}],
-            },
-            "temperature",
-        ),
-        (
-            {
-                "model": "m",
-                "max_tokens": 5,
-                "tools": [],
-                "messages": [{"role": "user", "content": "x"}],
-            },
-            "tools",
-        ),
-        (
-            {"model": "m", "max_tokens": 5, "messages": [{"role": "assistant", "content": "x"}]},
-            "user",
-        ),
+        ({"max_tokens": None}, "max_tokens"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "role"),
+        ({"temperature": 3}, "temperature"),
+        ({"top_k": -1}, "top_k"),
+        ({"tools": []}, "tools"),
+        ({"messages": [{"role": "assistant", "content": "x"}]}, "user"),
+        ({"messages": [{"role": "user", "content": [_NO_DATA_IMAGE]}]}, "media_type"),
     ],
 )
-def test_route_rejects_bad_requests(route, body, fragment):
+def test_route_rejects_bad_requests(route, overrides, fragment):
     served, _ = route
-    resp = requests.post(served.url + "/v1/messages", json=body, timeout=30)
+    resp = requests.post(served.url + "/v1/messages", json=_body(**overrides), timeout=30)
     assert resp.status_code == 400
     err = resp.json()
     assert err["type"] == "error" and err["error"]["type"] == "invalid_request_error"
@@ -397,6 +386,8 @@ def test_route_malformed_json_and_runtime_rejection(route, client):
     resp = requests.post(
         served.url + "/v1/messages", data=b"{not json", headers={"Content-Type": "application/json"}
     )
+    assert resp.status_code == 400 and "JSON" in resp.json()["error"]["message"]
+    resp = requests.post(served.url + "/v1/messages", data=b"\xff\xfe{", timeout=30)
     assert resp.status_code == 400 and "JSON" in resp.json()["error"]["message"]
     tm.reject = "the prompt (9000 tokens) is longer than the context (2048)"
     with pytest.raises(anthropic.BadRequestError, match="longer than the context"):
@@ -423,9 +414,18 @@ def test_backend_on_route(route):
 # ------------------------------------------------------------------ our real server (e2e)
 
 
+@sgl.function
+def short_two_turns(s, question_1, question_2):
+    s += sgl.system("You are a helpful assistant.")
+    s += sgl.user(question_1)
+    s += sgl.assistant(sgl.gen("answer_1", max_tokens=16))
+    s += sgl.user(question_2)
+    s += sgl.assistant(sgl.gen("answer_2", max_tokens=16))
+
+
 def test_backend_on_our_server(server_url):
     backend = Anthropic("default", base_url=server_url)
-    state = multi_turn_question.run(
+    state = short_two_turns.run(
         question_1="What is the capital of France?",
         question_2="Name one museum there.",
         backend=backend,
@@ -450,7 +450,7 @@ def test_backend_streams_on_our_server(server_url):
     @sgl.function
     def prog(s):
         s += sgl.user("Count from one to ten.")
-        s += sgl.assistant(sgl.gen("x", max_tokens=12))
+        s += sgl.assistant(sgl.gen("x", max_tokens=8))
 
     state = prog.run(backend=backend, stream=True, temperature=0)
     streamed = "".join(state.text_iter("x"))

@@ -44,7 +44,7 @@ def gen_character_spec(s):
     )
 
 
-@sgl.function(num_api_spec_tokens=64)
+@sgl.function(num_api_spec_tokens=32)
 def gen_character_spec_completion(s):
     s += "Construct a character.\n"
     s += "Name: Steve Jobs.\nBirthday: February 24, 1955.\nJob: Apple CEO.\n\n"
@@ -358,10 +358,26 @@ def test_speculative_chat_turn_is_one_call(fake):
     assert "Name: Ada Lovelace\nBirthday: December 10, 1815\nJob: Mathematician" in state.text()
 
 
+def test_speculative_chat_reply_preamble_is_skipped(fake):
+    fake.replies = ["Sure! Here it is:\n\nName: Bo\nBirthday: May 1\nJob: Cook"]
+    state = gen_character_spec.run(backend=chat_backend(fake))
+    assert (state["name"], state["birthday"], state["job"]) == (" Bo", " May 1", " Cook")
+    assert len(fake.requests) == 1
+
+
 def test_speculative_chat_mismatch_is_an_error(fake):
     fake.replies = ["I cannot do that."]
-    error = gen_character_spec.run(backend=chat_backend(fake)).error()
+    error = gen_character_spec.run(backend=chat_backend(fake), temperature=0).error()
     assert isinstance(error, RuntimeError) and "speculative execution failed" in str(error)
+    assert len(fake.requests) == 1  # greedy decoding would only repeat itself
+
+
+def test_speculative_chat_mismatch_is_resampled(fake):
+    fake.replies = ["I cannot do that.", "Name: Bo\nBirthday: May 1\nJob: Cook\n"]
+    backend = chat_backend(fake)
+    state = gen_character_spec.run(backend=backend, temperature=0.7)
+    assert (state["name"], state["birthday"], state["job"]) == (" Bo", " May 1", " Cook")
+    assert backend.token_usage.num_calls == 2
 
 
 def test_speculative_completion_recalls_when_the_text_diverges(fake):
@@ -372,7 +388,7 @@ def test_speculative_completion_recalls_when_the_text_diverges(fake):
     assert (state["name"], state["birthday"], state["job"]) == (" Ada", " 1815", " Countess")
     first, second = fake.bodies("/completions")
     assert first["prompt"].endswith("\n\nName:") and second["prompt"].endswith(" 1815\nJob:")
-    assert all("stop" not in b and b["max_tokens"] == 64 for b in (first, second))
+    assert all("stop" not in b and b["max_tokens"] == 32 for b in (first, second))
     assert backend.token_usage.num_calls == 2
 
 
@@ -412,7 +428,7 @@ def test_chat_streaming_matches_on_our_server(server_url):
     @sgl.function
     def prog(s):
         s += sgl.user("Count from one to five.")
-        s += sgl.assistant(sgl.gen("x", max_tokens=12))
+        s += sgl.assistant(sgl.gen("x", max_tokens=8))
 
     streamed = prog.run(backend=backend, stream=True, temperature=0)
     text = "".join(streamed.text_iter("x"))

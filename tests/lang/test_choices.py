@@ -104,7 +104,9 @@ def test_select_in_a_program_stores_the_decision_and_its_scores() -> None:
     @sgl.function
     def prog(s):
         s += "Color:" + sgl.select("c", choices=[" red", " green", " blue"])
-        s += "|" + sgl.gen("g", choices=[" red", " green", " blue"], choices_method=sgl.greedy_token_selection)
+        s += "|" + sgl.gen(
+            "g", choices=[" red", " green", " blue"], choices_method=sgl.greedy_token_selection
+        )
 
     state = prog.run(backend=backend)
     assert state["c"] == " red"

@@ -29,7 +29,10 @@ def test_appends_strings_exprs_and_lists_in_order() -> None:
     assert state["a"] == "<About cats: >"
     assert state["b"] == "<next>"
     assert state.text() == "About cats: <About cats: >|tail\nnext<next>"
-    assert [c[1] for c in backend.calls] == ["About cats: ", "About cats: <About cats: >|tail\nnext"]
+    assert [c[1] for c in backend.calls] == [
+        "About cats: ",
+        "About cats: <About cats: >|tail\nnext",
+    ]
 
 
 def test_appends_do_not_block_and_reads_wait_for_the_value() -> None:
@@ -100,7 +103,12 @@ def test_every_gen_parameter_reaches_the_backend() -> None:
     expected.update(temperature=0.3, top_p=0.8, top_k=5, min_p=0.1, frequency_penalty=0.2)
     expected.update(presence_penalty=0.4, ignore_eos=True, regex="[a-z]+")
     assert {k: srt[k] for k in expected} == expected
-    assert (p.return_logprob, p.logprob_start_len, p.top_logprobs_num, p.return_text_in_logprobs) == (
+    assert (
+        p.return_logprob,
+        p.logprob_start_len,
+        p.top_logprobs_num,
+        p.return_text_in_logprobs,
+    ) == (
         True,
         1,
         3,

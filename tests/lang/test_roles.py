@@ -64,7 +64,11 @@ def test_state_role_methods_wrap_an_expression() -> None:
 def test_default_system_prompt_is_inserted_before_a_first_user_turn() -> None:
     template = ChatTemplate(
         name="t",
-        role_prefix_and_suffix={"system": ("<s>", "</s>"), "user": ("<u>", "</u>"), "assistant": ("<a>", "</a>")},
+        role_prefix_and_suffix={
+            "system": ("<s>", "</s>"),
+            "user": ("<u>", "</u>"),
+            "assistant": ("<a>", "</a>"),
+        },
         default_system_prompt="Be nice.",
     )
 
@@ -87,7 +91,9 @@ def test_llama2_style_puts_the_system_prompt_inside_the_first_user_turn() -> Non
         s += sgl.user("more")
 
     state = prog.run(backend=ScriptedBackend(chat_template="llama-2-chat"))
-    assert state.text() == "[INST] <<SYS>>\nSYS\n<</SYS>>\n\nhi [/INST] yo </s><s>[INST] more [/INST]"
+    assert (
+        state.text() == "[INST] <<SYS>>\nSYS\n<</SYS>>\n\nhi [/INST] yo </s><s>[INST] more [/INST]"
+    )
 
 
 def test_images_become_image_url_parts_in_order() -> None:

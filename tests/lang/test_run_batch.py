@@ -24,7 +24,9 @@ def answer_by_question(prompt: str, params: object) -> str:
 
 def test_states_come_back_in_input_order() -> None:
     qs = [f"question {i}" for i in range(20)]
-    states = text_qa.run_batch([{"question": q} for q in qs], backend=ScriptedBackend(reply=answer_by_question))
+    states = text_qa.run_batch(
+        [{"question": q} for q in qs], backend=ScriptedBackend(reply=answer_by_question)
+    )
     assert len(states) == len(qs)
     assert [s["answer"] for s in states] == [f" answer to Q: {q}" for q in qs]
 
@@ -38,7 +40,11 @@ def test_programs_run_concurrently() -> None:
         barrier.wait()
         return "ok"
 
-    states = text_qa.run_batch([{"question": str(i)} for i in range(8)], backend=ScriptedBackend(reply=together), num_threads=4)
+    states = text_qa.run_batch(
+        [{"question": str(i)} for i in range(8)],
+        backend=ScriptedBackend(reply=together),
+        num_threads=4,
+    )
     assert [s["answer"] for s in states] == ["ok"] * 8
 
 
@@ -56,7 +62,9 @@ def test_a_single_program_batch_caches_nothing() -> None:
 
 def test_run_batch_sampling_defaults_apply_to_every_program() -> None:
     backend = ScriptedBackend()
-    text_qa.run_batch([{"question": "a"}, {"question": "b"}], backend=backend, temperature=0.0, max_new_tokens=5)
+    text_qa.run_batch(
+        [{"question": "a"}, {"question": "b"}], backend=backend, temperature=0.0, max_new_tokens=5
+    )
     params = [c[2] for c in backend.calls]
     assert [(p.temperature, p.max_new_tokens) for p in params] == [(0.0, 5), (0.0, 5)]
 
@@ -64,7 +72,10 @@ def test_run_batch_sampling_defaults_apply_to_every_program() -> None:
 def test_generator_style_yields_in_order_and_progress_bar_runs(capsys) -> None:
     backend = ScriptedBackend(reply=answer_by_question)
     gen = text_qa.run_batch(
-        [{"question": f"q{i}"} for i in range(5)], backend=backend, generator_style=True, progress_bar=True
+        [{"question": f"q{i}"} for i in range(5)],
+        backend=backend,
+        generator_style=True,
+        progress_bar=True,
     )
     answers = [s["answer"] for s in gen]
     assert answers == [f" answer to Q: q{i}" for i in range(5)]

@@ -60,7 +60,7 @@ class FakeServer:
                 body = json.loads(self.rfile.read(length) or b"null")
                 fake.record(self, body)
                 if self.path == "/flush_cache":
-                    self.send_json(200, {})
+                    self.send_text(200, "Cache flushed.\n")
                 elif body.get("stream"):
                     self.send_stream(fake.stream_chunks(body))
                 else:
@@ -71,6 +71,14 @@ class FakeServer:
                 data = json.dumps(obj).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def send_text(self, status: int, text: str) -> None:
+                data = text.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -98,13 +106,18 @@ class FakeServer:
         tokens = tokenize(text)
         params = body.get("sampling_params") or {}
         out = "" if params.get("max_new_tokens") == 0 else self.reply_text
-        meta: dict[str, Any] = {"prompt_tokens": len(tokens), "completion_tokens": len(tokenize(out))}
+        meta: dict[str, Any] = {
+            "prompt_tokens": len(tokens),
+            "completion_tokens": len(tokenize(out)),
+        }
         if "ABORT" in text:
             meta["finish_reason"] = {"type": "abort", "message": "scheduler gave up"}
         if body.get("return_logprob"):
             start = body.get("logprob_start_len", 0)
             meta["input_token_logprobs"] = [
-                [None if i == 0 else token_logprob(t), i, t] for i, t in enumerate(tokens) if i >= start
+                [None if i == 0 else token_logprob(t), i, t]
+                for i, t in enumerate(tokens)
+                if i >= start
             ]
             meta["output_token_logprobs"] = []
         return {"text": out, "meta_info": meta}
@@ -124,7 +137,9 @@ class FakeServer:
         text = ""
         for piece in tokenize(self.reply_text):
             text += piece
-            yield json.dumps({"text": text, "meta_info": {"completion_tokens": len(tokenize(text))}})
+            yield json.dumps(
+                {"text": text, "meta_info": {"completion_tokens": len(tokenize(text))}}
+            )
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -151,7 +166,9 @@ def test_the_models_own_jinja_template_is_used() -> None:
         template = RuntimeEndpoint(server.url).get_chat_template()
         assert template.role_prefix_and_suffix["user"] == ("<|im_start|>user\n", "<|im_end|>\n")
         assert template.stop_str == ("<|im_end|>",)
-        forced = RuntimeEndpoint(server.url, chat_template_name="llama-3-instruct").get_chat_template()
+        forced = RuntimeEndpoint(
+            server.url, chat_template_name="llama-3-instruct"
+        ).get_chat_template()
         assert forced.name == "llama-3-instruct"
     finally:
         server.close()
@@ -160,7 +177,15 @@ def test_the_models_own_jinja_template_is_used() -> None:
 def test_generate_sends_every_parameter(fake: FakeServer) -> None:
     @sgl.function
     def prog(s):
-        s += "Hi" + sgl.gen("a", max_tokens=7, stop=["x"], temperature=0.2, top_k=3, return_logprob=True, top_logprobs_num=2)
+        s += "Hi" + sgl.gen(
+            "a",
+            max_tokens=7,
+            stop=["x"],
+            temperature=0.2,
+            top_k=3,
+            return_logprob=True,
+            top_logprobs_num=2,
+        )
 
     state = prog.run(backend=RuntimeEndpoint(fake.url))
     assert state["a"] == " generated"
@@ -200,13 +225,19 @@ def test_select_follows_the_two_request_protocol(fake: FakeServer) -> None:
     # " a b c" has mean -0.1 per token but total -0.3; " long" has -0.4: the mean decides.
     assert state["c"] == " a b c"
     first, second = fake.generates()
-    assert first == {"text": "The colors are", "sampling_params": {"max_new_tokens": 0, "temperature": 0}}
+    assert first == {
+        "text": "The colors are",
+        "sampling_params": {"max_new_tokens": 0, "temperature": 0},
+    }
     assert second["text"] == ["The colors are a b c", "The colors are long"]
     assert second["sampling_params"]["max_new_tokens"] == 0
     assert second["return_logprob"] is True
     assert second["logprob_start_len"] == 3 - 2  # prompt_tokens - 2
     meta = state.get_meta_info("c")
-    assert [[t for _, _, t in lps] for lps in meta["input_token_logprobs"]] == [[" a", " b", " c"], [" long"]]
+    assert [[t for _, _, t in lps] for lps in meta["input_token_logprobs"]] == [
+        [" a", " b", " c"],
+        [" long"],
+    ]
     scores = meta["normalized_prompt_logprobs"]
     assert scores == pytest.approx([-0.1, -0.4])
     assert scores.index(max(scores)) == 0
@@ -229,7 +260,9 @@ def test_unconditional_method_adds_a_request_on_the_choices_alone(fake: FakeServ
     @sgl.function
     def prog(s):
         s += "Pick"
-        s += sgl.select("c", choices=[" x y", " z"], choices_method=sgl.unconditional_likelihood_normalized)
+        s += sgl.select(
+            "c", choices=[" x y", " z"], choices_method=sgl.unconditional_likelihood_normalized
+        )
 
     prog.run(backend=RuntimeEndpoint(fake.url)).sync()
     assert fake.generates()[-1]["text"] == [" x y", " z"]
@@ -246,7 +279,11 @@ def test_fork_caches_the_prefix_once(fake: FakeServer) -> None:
 
     state = prog.run(backend=RuntimeEndpoint(fake.url))
     assert state["g"] == [" generated", " generated"]
-    cached = [b for b in fake.generates() if b["sampling_params"] == {"max_new_tokens": 0, "temperature": 0}]
+    cached = [
+        b
+        for b in fake.generates()
+        if b["sampling_params"] == {"max_new_tokens": 0, "temperature": 0}
+    ]
     assert [b["text"] for b in cached] == ["Shared prefix"]
 
 

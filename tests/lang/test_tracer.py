@@ -5,7 +5,14 @@ from __future__ import annotations
 from scripted_backend import ScriptedBackend
 
 import sglang as sgl
-from sglang.lang.ir import SglArgument, SglConstantText, SglGen, SglRoleBegin, SglSelect, TracingError
+from sglang.lang.ir import (
+    SglArgument,
+    SglConstantText,
+    SglGen,
+    SglRoleBegin,
+    SglSelect,
+    TracingError,
+)
 from sglang.lang.tracer import SglFork, extract_prefix_by_tracing
 
 
@@ -80,6 +87,10 @@ def test_prefix_of_a_program_starting_with_a_role_and_default_system() -> None:
     def chat(s, q):
         s += sgl.user(q)
 
-    prefix = extract_prefix_by_tracing(chat, ScriptedBackend(chat_template=get_chat_template("qwen")))
-    assert prefix == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+    prefix = extract_prefix_by_tracing(
+        chat, ScriptedBackend(chat_template=get_chat_template("qwen"))
+    )
+    assert (
+        prefix == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+    )
     assert isinstance(chat.trace().nodes[0], SglRoleBegin)

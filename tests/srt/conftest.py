@@ -40,7 +40,11 @@ def save_tiny_model(path: str, arch: str = "llama", seed: int = 0, **overrides) 
     if arch == "qwen2":  # zero-initialized biases would not test the bias path
         with torch.no_grad():
             for layer in model.model.layers:
-                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                for proj in (
+                    layer.self_attn.q_proj,
+                    layer.self_attn.k_proj,
+                    layer.self_attn.v_proj,
+                ):
                     proj.bias.normal_(0, 0.5)
     model.to(torch.float32).save_pretrained(path)
     return path
@@ -69,7 +73,10 @@ def tiny_llama3_rope_path(tmp_path_factory) -> str:
         "original_max_position_embeddings": 16,
     }
     return save_tiny_model(
-        str(tmp_path_factory.mktemp("tiny-llama3")), "llama", seed=1, rope_scaling=scaling,
+        str(tmp_path_factory.mktemp("tiny-llama3")),
+        "llama",
+        seed=1,
+        rope_scaling=scaling,
         rope_theta=500000.0,
     )
 

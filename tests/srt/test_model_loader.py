@@ -151,8 +151,13 @@ def test_unknown_architecture_is_named():
 # ---------------------------------------------------------------- ModelConfig
 def _write_config(path, **fields) -> str:
     base = dict(
-        architectures=["LlamaForCausalLM"], hidden_size=64, intermediate_size=128,
-        num_attention_heads=4, num_hidden_layers=2, vocab_size=128, max_position_embeddings=512,
+        architectures=["LlamaForCausalLM"],
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=128,
+        max_position_embeddings=512,
     )
     (path / "config.json").write_text(json.dumps({**base, **fields}))
     return str(path)
@@ -171,7 +176,12 @@ def test_config_collects_eos_ids_from_all_sources(tmp_path):
 def test_config_defaults_and_overrides(tmp_path):
     path = _write_config(tmp_path, rope_scaling={"type": "linear", "factor": 2.0})
     cfg = ModelConfig.from_path(path, context_length=100, dtype="float16")
-    assert (cfg.context_len, cfg.dtype, cfg.num_kv_heads, cfg.head_dim) == (100, torch.float16, 4, 16)
+    assert (cfg.context_len, cfg.dtype, cfg.num_kv_heads, cfg.head_dim) == (
+        100,
+        torch.float16,
+        4,
+        16,
+    )
     assert cfg.rope_scaling == {"rope_type": "linear", "factor": 2.0}
     assert cfg.rope_theta == 10000.0 and ModelConfig.from_path(path).context_len == 512
     assert ModelConfig.from_path(path).dtype == torch.bfloat16  # auto

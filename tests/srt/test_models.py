@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sglang.srt.layers import attention
 from sglang.srt.model_executor.forward_batch import ForwardBatch, ForwardMode, LogitsOutput
 from sglang.srt.model_executor.model_runner import ModelRunner
 from sglang.srt.server_args import ServerArgs
@@ -107,11 +108,17 @@ def test_extend_on_a_cached_prefix(tiny):
     driver.extend({"a": a[:12]})
     # "a" continues on its cached prefix while "b" starts fresh in the same pass
     out = driver.extend({"b": b, "a": a[12:]})
-    torch.testing.assert_close(out.next_token_logits[0], reference_logits(ref, b)[-1], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(out.next_token_logits[1], reference_logits(ref, a)[-1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        out.next_token_logits[0], reference_logits(ref, b)[-1], atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(
+        out.next_token_logits[1], reference_logits(ref, a)[-1], atol=1e-4, rtol=1e-4
+    )
 
 
-def test_decode_steps_in_a_batch_of_different_lengths(tiny):
+@pytest.mark.parametrize("chunk_tokens", [4096, 30])  # 30: requests split over several chunks
+def test_decode_steps_in_a_batch_of_different_lengths(tiny, chunk_tokens, monkeypatch):
+    monkeypatch.setattr(attention, "DECODE_CHUNK_TOKENS", chunk_tokens)
     runner, ref = tiny
     seqs = {"a": random_ids(3, 5), "b": random_ids(11, 6), "c": random_ids(26, 7)}
     driver = Driver(runner)
@@ -153,6 +160,12 @@ def test_input_token_logprobs_match_log_softmax_of_reference(tiny):
     expected = [ref_a[j - 1, a[j]].item() for j in range(10, 14)]
     assert out.input_token_logprobs[0] == pytest.approx(expected, abs=1e-4)
     assert out.input_top_logprobs == [[]]
+
+
+def test_decode_chunks_cover_the_batch_within_the_budget():
+    assert attention._chunk_bounds([10, 10, 30, 5], 40) == [(0, 2), (2, 3), (3, 4)]
+    assert attention._chunk_bounds([100], 40) == [(0, 1)]  # a long request still gets a chunk
+    assert attention._chunk_bounds([3] * 10, 4096) == [(0, 10)]
 
 
 def test_decode_padding_slots_do_not_leak_into_attention(tiny_llama_path):
@@ -197,7 +210,9 @@ def test_default_model_matches_transformers(default_model_path, default_referenc
         return
     # bf16 rounding: ours may stray from fp32 about as far as transformers' own bf16 does
     with torch.no_grad():
-        ref_bf16 = [ref.to(torch.bfloat16)(torch.tensor([p])).logits[0, -1].float() for p in prompts]
+        ref_bf16 = [
+            ref.to(torch.bfloat16)(torch.tensor([p])).logits[0, -1].float() for p in prompts
+        ]
     ref.to(torch.float32)
     their_err = (torch.stack(ref_bf16) - expected).abs().max().item()
     our_err = (ours - expected).abs().max().item()

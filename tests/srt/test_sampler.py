@@ -356,19 +356,17 @@ def test_truncated_sampling_on_a_large_vocab_matches_a_full_sort(scale, settings
     gen = torch.Generator().manual_seed(int(scale * 10))
     vocab, draws = 5000, 64
     uniforms = ((torch.arange(draws, dtype=torch.float64) + 0.5) / draws).tolist()
-    scaled = torch.randn(len(settings), vocab, generator=gen) * scale  # temperature 1
+    probs = (torch.randn(len(settings), vocab, generator=gen) * scale).softmax(-1)
     reqs = [req(top_k=k, top_p=p) for k, p in settings for _ in range(draws)]
-    ids, best = sample_truncated(
-        scaled.repeat_interleave(draws, 0),
+    ids = sample_truncated(
+        probs.repeat_interleave(draws, 0),
         info_for(reqs, vocab),
         torch.tensor(uniforms * len(settings), dtype=torch.float64),
     )
-    probs = scaled.softmax(-1)
     for i, (k, p) in enumerate(settings):
         expected = reference_draws(probs[i].tolist(), vocab if k == -1 else k, p, uniforms)
         got = ids[i * draws : (i + 1) * draws].tolist()
         assert sum(a != b for a, b in zip(got, expected)) <= 1, (k, p)  # rounding at a boundary
-        assert (best[i * draws : (i + 1) * draws] == scaled[i].argmax()).all()
 
 
 def test_candidate_cut_gives_the_same_samples_as_a_full_sort(monkeypatch):

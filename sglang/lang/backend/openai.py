@@ -288,6 +288,17 @@ def cut_at_stop(rest: str, stops: list[str], truncated: bool) -> Optional[tuple[
     return rest, {"type": "stop", "matched": None}
 
 
+def _skip_preamble(reply: str, written: str) -> str:
+    """A chat reply from where it starts repeating the turn's text (a preamble such as
+    "Sure! Here it is:" dropped); the reply as is when it never does."""
+    at = reply.find(written) if written else 0
+    return reply[at:] if at > 0 else reply
+
+
+# Calls a chat model gets to reply in the program's format (only when sampling: greedy repeats)
+SPEC_MAX_TRIES = 3
+
+
 class ApiModelBackend(BaseBackend):
     """Shared by backends that call a hosted model API.
 
@@ -299,8 +310,11 @@ class ApiModelBackend(BaseBackend):
     turn (chat models) or of a stretch of text (completion models) makes one call of N tokens
     with no stop strings. Each gen then takes its value from that completion, up to its own
     stop string, as long as the text the program appended in between matches the completion.
-    A completion model that diverges makes a fresh call from the current text; a chat model
-    that diverges raises RuntimeError (it cannot continue a half-written turn).
+    A completion model that diverges makes a fresh call from the current text. A chat model
+    cannot continue a half-written turn: its reply must contain the turn's text so far (a
+    preamble before it is dropped); when it does not, the call is repeated (temperature > 0, SPEC_MAX_TRIES calls in all),
+    then RuntimeError. Backends with prefill send the turn's text and let the reply continue.
+    N bounds the speculated text; a gen's own max_tokens is not applied to its slice of it.
     """
 
     is_chat_model: bool = True
@@ -495,6 +509,10 @@ class ApiModelBackend(BaseBackend):
             if cut is not None:
                 return cut[0], {"finish_reason": cut[1], "speculative": True}
         turn = self._speculate(s, params, key, written)
+        for _ in range(SPEC_MAX_TRIES - 1):
+            if turn.text.startswith(written) or params.temperature == 0:
+                break
+            turn = self._speculate(s, params, key, written)  # sampling may follow the format
         if not turn.text.startswith(written):
             raise RuntimeError(
                 "speculative execution failed: the model's reply "
@@ -517,7 +535,10 @@ class ApiModelBackend(BaseBackend):
             request = ApiRequest(spec_params, prompt=s.text_)
         result = self.call_with_usage(request)
         reply = result.texts[0]
-        text = written + reply if (not self.is_chat_model or request.prefill) else reply.lstrip()
+        if not self.is_chat_model or request.prefill:
+            text = written + reply
+        else:
+            text = _skip_preamble(reply.lstrip(), written)
         turn = _SpecTurn(key, text, result.finish_reasons[0]["type"] == "length")
         self._spec.put(s.sid, turn)
         return turn

@@ -130,7 +130,8 @@ class RuntimeEndpoint(BaseBackend):
     def post(self, path: str, body: Any) -> Any:
         with self._sessions.session() as sess:
             resp = self._send(sess, "POST", path, body, False)
-            return resp.json() if resp.content else None
+            is_json = "json" in resp.headers.get("Content-Type", "")
+            return resp.json() if is_json else resp.text  # /flush_cache answers plain text
 
     def _post_stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """The JSON objects of an SSE answer, up to `data: [DONE]`."""

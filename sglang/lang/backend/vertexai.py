@@ -81,8 +81,7 @@ class VertexAI(ApiModelBackend):
     def is_retryable(self, error: Exception) -> bool:
         if isinstance(error, self._errors.APIError):
             return error.code in (429, 503)
-        httpx = import_sdk("httpx", "vertexai")
-        return isinstance(error, httpx.TransportError)
+        return _is_transport_error(error)
 
     def check_params(self, params: SglSamplingParams) -> None:
         reject_unsupported(params, _GEMINI_PARAMS, "The Gemini API")
@@ -184,6 +183,14 @@ def _part(part: Union[str, ImagePart]) -> dict[str, Any]:
     if isinstance(part, str):
         return {"text": part}
     return {"inline_data": {"mime_type": part.media_type, "data": part.raw_bytes()}}
+
+
+def _is_transport_error(error: Exception) -> bool:
+    """A connection-level failure of the SDK's HTTP client (httpx, or httpx2 in newer SDKs)."""
+    return any(
+        cls.__name__ == "TransportError" and cls.__module__.split(".")[0].startswith("httpx")
+        for cls in type(error).__mro__
+    )
 
 
 def _candidate_text(candidate: Any) -> str:

@@ -243,36 +243,53 @@ def reset_vocab_mask(mask: torch.Tensor) -> None:
     mask.fill_(-1)
 
 
-_SHIFTS: dict[torch.device, torch.Tensor] = {}
+_BIT_VALUES: dict[torch.device, torch.Tensor] = {}
 
 
-def _shifts(device: torch.device) -> torch.Tensor:
-    """int32 [32]: 0..31, the bit positions within a mask word (cached per device)."""
-    shifts = _SHIFTS.get(device)
-    if shifts is None:
-        shifts = _SHIFTS.setdefault(device, torch.arange(_BITS_PER_WORD, dtype=torch.int32,
-                                                         device=device))
-    return shifts
+def _bit_values(device: torch.device) -> torch.Tensor:
+    """int32 [32]: 1 << b for b in 0..31 (bit 31 is the sign bit), cached per device."""
+    values = _BIT_VALUES.get(device)
+    if values is None:
+        shifts = torch.arange(_BITS_PER_WORD, dtype=torch.int32, device=device)
+        values = _BIT_VALUES.setdefault(device, torch.ones_like(shifts) << shifts)
+    return values
+
+
+def _blocked(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """bool [B, width]: True where mask [B, W] disallows the token (word w, bit b: 32w + b)."""
+    blocked = (mask.unsqueeze(-1) & _bit_values(mask.device)) == 0  # [B, W, 32]
+    return blocked.flatten(1)[:, :width]
 
 
 def unpack_vocab_mask(mask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """bool [B, vocab_size]: True where the token is allowed; columns past the mask are False."""
-    bits = (mask.unsqueeze(-1) >> _shifts(mask.device)) & 1  # int32 [B, W, 32]
-    allowed = bits.flatten(1).bool()  # [B, 32W]; word w, bit b -> token 32w + b
+    allowed = ~_blocked(mask, vocab_size)
     if allowed.shape[1] >= vocab_size:
-        return allowed[:, :vocab_size]
+        return allowed
     pad = allowed.new_zeros(allowed.shape[0], vocab_size - allowed.shape[1])
     return torch.cat([allowed, pad], dim=1)
 
 
 def apply_vocab_mask(logits: torch.Tensor, mask: torch.Tensor) -> None:
-    """In place: logits [B, V] get -inf where mask [B, ceil(V / 32)] (int32 bits) disallows."""
+    """In place: logits [B, V] get -inf where mask [B, ceil(V / 32)] (int32 bits) disallows.
+
+    All-allowed rows (unconstrained requests) are skipped when the mask is on the CPU.
+    """
     assert logits.dim() == 2 and mask.dim() == 2, "logits [B, V] and mask [B, W] expected"
     assert logits.shape[0] == mask.shape[0], f"batch {logits.shape[0]} != mask {mask.shape[0]}"
     assert mask.dtype == torch.int32, f"mask must be int32, got {mask.dtype}"
+    vocab = logits.shape[1]
+    covered = min(vocab, mask.shape[1] * _BITS_PER_WORD)
+    if mask.device.type == "cpu" and covered == vocab:
+        rows = (mask != -1).any(dim=1).nonzero().flatten()  # CPU: no device sync
+        if rows.numel() == 0:
+            return
+        if rows.numel() < mask.shape[0]:
+            rows_on_device = rows.to(logits.device, non_blocking=True)
+            sub = logits[rows_on_device]  # [R, V]
+            apply_vocab_mask(sub, mask[rows])
+            logits[rows_on_device] = sub
+            return
     mask = mask.to(logits.device, non_blocking=True)
-    bits = (mask.unsqueeze(-1) >> _shifts(mask.device)) & 1  # int32 [B, W, 32]
-    covered = min(logits.shape[1], bits.shape[1] * _BITS_PER_WORD)
-    blocked = bits.flatten(1)[:, :covered] == 0  # bool [B, covered]
-    logits[:, :covered].masked_fill_(blocked, float("-inf"))
+    logits[:, :covered].masked_fill_(_blocked(mask, covered), float("-inf"))
     logits[:, covered:] = float("-inf")  # tokens past the mask are never allowed

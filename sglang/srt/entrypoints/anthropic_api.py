@@ -66,7 +66,7 @@ class MessagesRequest(_Strict):
     stop_sequences: Optional[list[str]] = None
     temperature: float = Field(default=1.0, ge=0.0, le=1.0)
     top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
-    top_k: Optional[int] = Field(default=None, ge=1)
+    top_k: Optional[int] = Field(default=None, ge=0)  # 0: off, as if unset
     stream: bool = False
     metadata: Optional[dict[str, Any]] = None  # accepted and ignored (user_id)
 
@@ -79,9 +79,11 @@ def add_anthropic_routes(
     @app.post("/v1/messages")
     async def create_message(raw_request: fastapi.Request) -> fastapi.Response:
         try:
-            req = MessagesRequest.model_validate(await raw_request.json())
-        except json.JSONDecodeError as e:
+            body = await raw_request.json()
+        except ValueError as e:  # bad JSON or bad UTF-8
             return error_response(f"Malformed JSON body: {e}")
+        try:
+            req = MessagesRequest.model_validate(body)
         except ValidationError as e:
             return error_response(_describe_validation_error(e))
         tm = get_tokenizer_manager()
@@ -174,7 +176,7 @@ def build_generate_request(req: MessagesRequest, tm: "TokenizerManager") -> Gene
         params["stop"] = req.stop_sequences
     if req.top_p is not None:
         params["top_p"] = req.top_p
-    if req.top_k is not None:
+    if req.top_k:
         params["top_k"] = req.top_k
     return GenerateReqInput(
         text=prompt,

@@ -92,7 +92,9 @@ class Engine:
             self.server_args, sub.port_args, sub.scheduler_args.model_path, sub.process
         )
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="sglang-engine", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="sglang-engine", daemon=True
+        )
         self._thread.start()
         self._run(self.tokenizer_manager.start())
         self._run(self.tokenizer_manager.wait_ready())

@@ -10,9 +10,12 @@ then `data: [DONE]\\n\\n`. Bad input gets HTTP 400 {"error": {"message", ...}}.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hmac
 import logging
+import signal
+import threading
 import uuid
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Optional
@@ -39,7 +42,7 @@ from sglang.srt.server_args import ServerArgs
 logger = logging.getLogger(__name__)
 
 READY_MESSAGE = "The server is fired up and ready to roll!"
-# SGLang fields that some clients send with default values; accepted and ignored.
+# SGLang fields some clients send with empty values: ignored when empty, a 400 otherwise.
 _IGNORED_FIELDS = {
     "modalities",
     "log_metrics",
@@ -85,7 +88,7 @@ async def _announce_ready(app: FastAPI, tm: TokenizerManager) -> None:
 
 
 def _stop_server(app: FastAPI, message: str) -> None:
-    logger.error("shutting down: %s", message)
+    logger.info("shutting down the server (%s)", message)
     app.state.exit_code = 1
     if app.state.server is not None:
         app.state.server.should_exit = True
@@ -265,6 +268,9 @@ def launch_server(server_args: ServerArgs) -> int:
     """Start the scheduler process and serve HTTP until Ctrl-C / SIGTERM; returns an exit code."""
     import uvicorn
 
+    # NOTE: uvicorn re-raises SIGTERM after its graceful shutdown; with the default action the
+    # process would die before the `finally` below stops the scheduler.
+    previous = _raise_interrupt_on_sigterm()
     subprocesses = launch_subprocesses(server_args)
     try:
         tm = TokenizerManager(
@@ -284,7 +290,23 @@ def launch_server(server_args: ServerArgs) -> int:
         )
         server = uvicorn.Server(config)
         app.state.server = server
-        server.run()
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run()
         return app.state.exit_code
+    except KeyboardInterrupt:
+        return 0
     finally:
         subprocesses.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt_on_sigterm() -> Any:
+    """Make SIGTERM act like Ctrl-C (KeyboardInterrupt); returns the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt()
+
+    return signal.signal(signal.SIGTERM, handler)

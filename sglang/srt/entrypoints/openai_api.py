@@ -73,7 +73,9 @@ def parse_body(model: type[BaseModel], body: Any) -> Any:
         return model.model_validate(body)
     except ValidationError as e:
         errors = e.errors()
-        parts = [f"{'.'.join(str(x) for x in err['loc']) or 'body'}: {err['msg']}" for err in errors]
+        parts = [
+            f"{'.'.join(str(x) for x in err['loc']) or 'body'}: {err['msg']}" for err in errors
+        ]
         param = ".".join(str(x) for x in errors[0]["loc"]) if errors else None
         raise RequestError("; ".join(parts), param) from None
 
@@ -225,7 +227,9 @@ def _response_format_schema(fmt: Optional[ResponseFormat]) -> Optional[str]:
 
 
 def _chat_sampling(tm: TokenizerManager, req: ChatCompletionRequest) -> dict[str, Any]:
-    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    max_tokens = (
+        req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    )
     # Unset: up to the context length (the tokenizer manager clips it to what remains).
     params = _sampling_dict(req, max_tokens if max_tokens is not None else tm.context_len)
     schema = _response_format_schema(req.response_format)
@@ -275,7 +279,12 @@ class _CompletionLogprobs:
         self.offset = offset
 
     def build(self, entries: list, tops: list) -> dict[str, Any]:
-        out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        out: dict[str, list] = {
+            "tokens": [],
+            "token_logprobs": [],
+            "top_logprobs": [],
+            "text_offset": [],
+        }
         for k, entry in enumerate(entries):
             text = _entry_text(self.tm, entry)
             out["tokens"].append(text)
@@ -356,7 +365,9 @@ class _CompletionCall:
         logprobs = None
         if self.req.logprobs is not None:
             start = 0 if self.req.echo else len(self.prompt_text(index))
-            logprobs = _CompletionLogprobs(self.tm, start).build(*self.logprob_parts(meta, self.req.echo))
+            logprobs = _CompletionLogprobs(self.tm, start).build(
+                *self.logprob_parts(meta, self.req.echo)
+            )
         return {
             "index": index,
             "text": prefix + out["text"],
@@ -423,11 +434,19 @@ class _CompletionCall:
             done = sent_lp.get(k, 0)
             sent_lp[k] = len(entries)
             if k not in builders:
-                builders[k] = _CompletionLogprobs(self.tm, 0 if self.req.echo else len(self.prompt_text(k)))
+                builders[k] = _CompletionLogprobs(
+                    self.tm, 0 if self.req.echo else len(self.prompt_text(k))
+                )
             logprobs = builders[k].build(entries[done:], tops[done:])
         if not delta and finish is None and not (logprobs and logprobs["tokens"]):
             return None
-        return {"index": k, "text": delta, "logprobs": logprobs, "finish_reason": finish, "matched_stop": matched}
+        return {
+            "index": k,
+            "text": delta,
+            "logprobs": logprobs,
+            "finish_reason": finish,
+            "matched_stop": matched,
+        }
 
 
 # -------------------------------------------------------------------- /v1/chat/completions
@@ -503,7 +522,9 @@ class _ChatCall:
                 if k not in sent_text:
                     sent_text[k] = 0
                     role = {"role": "assistant", "content": ""}
-                    yield self.chunk([{"index": k, "delta": role, "logprobs": None, "finish_reason": None}])
+                    yield self.chunk(
+                        [{"index": k, "delta": role, "logprobs": None, "finish_reason": None}]
+                    )
                 for piece in self._stream_choices(k, out, sent_text, sent_lp):
                     yield self.chunk([piece])
                 if out["meta_info"]["finish_reason"] is not None:
@@ -524,11 +545,24 @@ class _ChatCall:
         logprobs = self.logprobs(meta, start)
         pieces = []
         if delta or (logprobs and logprobs["content"]):
-            pieces.append({"index": k, "delta": {"content": delta}, "logprobs": logprobs, "finish_reason": None})
+            pieces.append(
+                {
+                    "index": k,
+                    "delta": {"content": delta},
+                    "logprobs": logprobs,
+                    "finish_reason": None,
+                }
+            )
         finish, matched = _finish_reason(meta)
         if finish is not None:
             pieces.append(
-                {"index": k, "delta": {}, "logprobs": None, "finish_reason": finish, "matched_stop": matched}
+                {
+                    "index": k,
+                    "delta": {},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                    "matched_stop": matched,
+                }
             )
         return pieces
 

@@ -31,6 +31,24 @@ class Attention(nn.Module):
         return meta.backend.forward(q, k, v, self, forward_batch)
 
 
+# DECODE gathers the K/V of at most this many padded tokens at once: a chunk's copies stay in
+# cache for the matmuls that read them (15-20% faster at batch 64 x 300 than one gather), and
+# the temporary memory stays bounded for large batches of long sequences.
+DECODE_CHUNK_TOKENS = 4096
+
+
+@dataclass
+class DecodeChunk:
+    """Requests lo..hi-1 of a DECODE pass, padded to the longest of them (width L)."""
+
+    lo: int
+    hi: int
+    head_rows: (
+        torch.Tensor
+    )  # [(hi - lo) * Hkv * L] int64 rows of k_buffer.view(-1, D); pad -> slot 0
+    bias: torch.Tensor  # [hi - lo, 1, 1, L] float32: 0 inside a sequence, -inf past its end
+
+
 @dataclass
 class ExtendSpan:
     """One request's new tokens in an EXTEND pass."""
@@ -46,11 +64,8 @@ class AttnMetadata:
     """Index tensors of one pass, built once by init_forward_metadata and read by every layer."""
 
     backend: TorchNativeAttnBackend
-    # DECODE: rows of k_buffer.view(-1, D) per (request, KV head, position), padding -> slot 0
-    head_rows: Optional[torch.Tensor] = None  # [B, Hkv, L] int64
-    bias: Optional[torch.Tensor] = None  # [B, 1, 1, L] float32: 0 inside a sequence, -inf past it
-    # EXTEND
-    spans: Optional[list[ExtendSpan]] = None
+    chunks: Optional[list[DecodeChunk]] = None  # DECODE
+    spans: Optional[list[ExtendSpan]] = None  # EXTEND
 
 
 class TorchNativeAttnBackend:
@@ -62,6 +77,7 @@ class TorchNativeAttnBackend:
 
     def __init__(self, kv_pool: MHATokenToKVPool) -> None:
         self.kv_pool = kv_pool
+        self.num_kv_heads = kv_pool.k_buffer[0].shape[1]
 
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         fb = forward_batch
@@ -69,7 +85,12 @@ class TorchNativeAttnBackend:
         # [B, width] int64: KV slots of each request's tokens (stale past its length)
         slots = fb.req_to_token[:, :width].index_select(0, fb.req_pool_indices)
         if fb.is_decode:
-            fb.attn_metadata = self._decode_metadata(fb, slots)
+            assert fb.num_tokens == fb.batch_size, "DECODE has one new token per request"
+            chunks = [
+                self._decode_chunk(fb, slots, lo, hi)
+                for lo, hi in _chunk_bounds(fb.seq_lens_cpu, DECODE_CHUNK_TOKENS)
+            ]
+            fb.attn_metadata = AttnMetadata(self, chunks=chunks)
         else:
             fb.attn_metadata = AttnMetadata(self, spans=_extend_spans(fb, slots))
 
@@ -78,39 +99,48 @@ class TorchNativeAttnBackend:
     ) -> torch.Tensor:
         # q: [T, H, D], k/v: [T, Hkv, D] -> [T, H * D]
         self.kv_pool.set_kv_buffer(layer.layer_id, fb.out_cache_loc, k, v)
-        if fb.is_decode:
-            return self._decode(q, layer, fb.attn_metadata)
-        return self._extend(q, k, v, layer, fb.attn_metadata)
+        if not fb.is_decode:
+            return self._extend(q, k, v, layer, fb.attn_metadata)
+        chunks = fb.attn_metadata.chunks
+        if len(chunks) == 1:
+            return self._decode(q, layer, chunks[0])
+        out = q.new_empty(q.shape[0], q.shape[1] * q.shape[2])
+        for c in chunks:
+            out[c.lo : c.hi] = self._decode(q[c.lo : c.hi], layer, c)
+        return out
 
-    def _decode_metadata(self, fb: ForwardBatch, slots: torch.Tensor) -> AttnMetadata:
-        assert fb.num_tokens == fb.batch_size, "DECODE has one new token per request"
-        width = slots.shape[1]
-        num_kv_heads = self.kv_pool.k_buffer[0].shape[1]
-        inside = torch.arange(width, device=slots.device)[None, :] < fb.seq_lens[:, None]
-        slots = slots.masked_fill(~inside, 0)  # padded reads all hit slot 0
-        heads = torch.arange(num_kv_heads, device=slots.device)
-        head_rows = (slots * num_kv_heads)[:, None, :] + heads[None, :, None]  # [B, Hkv, L]
+    def _decode_chunk(self, fb: ForwardBatch, slots: torch.Tensor, lo: int, hi: int) -> DecodeChunk:
+        width = max(fb.seq_lens_cpu[lo:hi])
+        positions = torch.arange(width, device=slots.device)
+        inside = positions[None, :] < fb.seq_lens[lo:hi, None]  # [n, L]
+        chunk_slots = slots[lo:hi, :width].masked_fill(~inside, 0)  # padded reads hit slot 0
+        heads = torch.arange(self.num_kv_heads, device=slots.device)
+        head_rows = (chunk_slots * self.num_kv_heads)[:, None, :] + heads[None, :, None]
         bias = torch.zeros(inside.shape, dtype=torch.float32, device=slots.device)
         bias = bias.masked_fill(~inside, float("-inf"))[:, None, None, :]
-        return AttnMetadata(self, head_rows=head_rows, bias=bias)
+        return DecodeChunk(lo, hi, head_rows.reshape(-1), bias)
 
-    def _decode(self, q: torch.Tensor, layer: Attention, meta: AttnMetadata) -> torch.Tensor:
+    def _decode(self, q: torch.Tensor, layer: Attention, chunk: DecodeChunk) -> torch.Tensor:
         # One padded gather + two batched matmuls; K/V heads are shared by q-head groups
         # without repeating them. The CPU SDPA kernel is several times slower at these shapes.
         k_buf, v_buf = self.kv_pool.get_kv_buffer(layer.layer_id)
-        batch, num_kv_heads, width = meta.head_rows.shape
-        dim = layer.head_dim
-        rows = meta.head_rows.view(-1)
-        keys = k_buf.view(-1, dim).index_select(0, rows).view(batch, num_kv_heads, width, dim)
-        values = v_buf.view(-1, dim).index_select(0, rows).view(batch, num_kv_heads, width, dim)
-        q = q.view(batch, num_kv_heads, -1, dim)  # [B, Hkv, G, D]
-        scores = torch.matmul(q, keys.transpose(-1, -2))  # [B, Hkv, G, L]
+        batch, dim, width = q.shape[0], layer.head_dim, chunk.bias.shape[-1]
+        shape = (batch, layer.num_kv_heads, width, dim)
+        keys = k_buf.view(-1, dim).index_select(0, chunk.head_rows).view(shape)
+        values = v_buf.view(-1, dim).index_select(0, chunk.head_rows).view(shape)
+        q = q.view(batch, layer.num_kv_heads, -1, dim)  # [b, Hkv, G, D]
+        scores = torch.matmul(q, keys.transpose(-1, -2))  # [b, Hkv, G, L]
         # fp32 softmax: bias + scaling * scores promotes to float32 in one op
-        probs = torch.add(meta.bias, scores, alpha=layer.scaling).softmax(-1).to(q.dtype)
-        return torch.matmul(probs, values).view(batch, -1)  # [B, H * D]
+        probs = torch.add(chunk.bias, scores, alpha=layer.scaling).softmax(-1).to(q.dtype)
+        return torch.matmul(probs, values).view(batch, -1)  # [b, H * D]
 
     def _extend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Attention, meta: AttnMetadata
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer: Attention,
+        meta: AttnMetadata,
     ) -> torch.Tensor:
         k_buf, v_buf = self.kv_pool.get_kv_buffer(layer.layer_id)
         out = torch.empty_like(q)  # [T, H, D]
@@ -146,3 +176,15 @@ def _extend_spans(fb: ForwardBatch, slots: torch.Tensor) -> list[ExtendSpan]:
             spans.append(ExtendSpan(start, num_new, slots[i, :total], mask))
         start += num_new
     return spans
+
+
+def _chunk_bounds(seq_lens: list[int], max_tokens: int) -> list[tuple[int, int]]:
+    """Consecutive request ranges [lo, hi) whose padded size (count x longest) fits max_tokens."""
+    bounds, lo, longest = [], 0, 0
+    for i, n in enumerate(seq_lens):
+        longest = max(longest, n)
+        if i > lo and (i - lo + 1) * longest > max_tokens:
+            bounds.append((lo, i))
+            lo, longest = i, n
+    bounds.append((lo, len(seq_lens)))
+    return bounds

@@ -24,7 +24,9 @@ class LogitsProcessor:
         if not fb.return_logprob:
             return LogitsOutput(next_token_logits=next_token_logits)
         logprobs, top = _input_logprobs(hidden, lm_head, fb)
-        return LogitsOutput(next_token_logits, input_token_logprobs=logprobs, input_top_logprobs=top)
+        return LogitsOutput(
+            next_token_logits, input_token_logprobs=logprobs, input_top_logprobs=top
+        )
 
 
 def _last_token_rows(fb: ForwardBatch) -> torch.Tensor:

@@ -98,28 +98,27 @@ def apply_masks(logits: torch.Tensor, info: SamplingBatchInfo, owned: bool = Tru
 
 def _sample_rows(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
     """Sample every row (greedy rows take the argmax): [B, V] -> [B] int64."""
-    scaled = logits / info.temperatures  # [B, V]
+    probs = torch.softmax(logits / info.temperatures, dim=-1)  # [B, V]
     uniforms = _uniforms(info, logits.device)  # [B]
-    next_ids = best_ids = None
+    next_ids = None
     if info.need_top_k or info.need_top_p:
-        next_ids, best_ids = sample_truncated(scaled, info, uniforms)
+        next_ids = sample_truncated(probs, info, uniforms)
     if info.need_full_vocab:
-        full_ids = sample_full_vocab(scaled, info, uniforms)
+        full_ids = sample_full_vocab(probs, info, uniforms)
         if next_ids is None:
             next_ids = full_ids
         else:
             next_ids = torch.where(info.truncated_rows, next_ids, full_ids)
     if info.has_greedy_rows:
-        best_ids = logits.argmax(dim=-1) if best_ids is None else best_ids
-        next_ids = torch.where(info.greedy_rows, best_ids, next_ids)
+        # From the logits: softmax can round two close logits to one probability.
+        next_ids = torch.where(info.greedy_rows, logits.argmax(dim=-1), next_ids)
     return next_ids
 
 
 def sample_full_vocab(
-    scaled: torch.Tensor, info: SamplingBatchInfo, uniforms: torch.Tensor
+    probs: torch.Tensor, info: SamplingBatchInfo, uniforms: torch.Tensor
 ) -> torch.Tensor:
-    """Sample from softmax(scaled) over the whole vocabulary, min_p applied: [B, V] -> [B]."""
-    probs = torch.softmax(scaled, dim=-1)  # [B, V]
+    """Sample from the whole vocabulary, min_p applied: [B, V] -> [B]."""
     if info.need_min_p:
         threshold = probs.amax(dim=-1, keepdim=True) * info.min_ps.unsqueeze(1)  # [B, 1]
         probs = probs.masked_fill(probs < threshold, 0.0)
@@ -146,13 +145,13 @@ def sample_from_probs(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tens
 
 def _block_sums(probs: torch.Tensor) -> torch.Tensor:
     """Mass of each run of SAMPLE_BLOCK ids (the last run may be shorter): [B, V] -> [B, NB]."""
+    # NOTE: summed in float32 and widened after; sum(dtype=float64) would copy all of probs.
     batch, vocab = probs.shape
     full = vocab // SAMPLE_BLOCK * SAMPLE_BLOCK
-    sums = probs[:, :full].reshape(batch, -1, SAMPLE_BLOCK).sum(dim=-1, dtype=torch.float64)
-    if full == vocab:
-        return sums
-    tail = probs[:, full:].sum(dim=-1, keepdim=True, dtype=torch.float64)  # [B, 1]
-    return torch.cat([sums, tail], dim=1)
+    sums = probs[:, :full].reshape(batch, -1, SAMPLE_BLOCK).sum(dim=-1)  # [B, V // SAMPLE_BLOCK]
+    if full < vocab:
+        sums = torch.cat([sums, probs[:, full:].sum(dim=-1, keepdim=True)], dim=1)
+    return sums.to(torch.float64)
 
 
 def _invert_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,29 +173,28 @@ def _invert_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> tuple[torch.Te
 
 
 def sample_truncated(
-    scaled: torch.Tensor, info: SamplingBatchInfo, uniforms: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample under top_k, then top_p, then min_p; also return each row's argmax.
+    probs: torch.Tensor, info: SamplingBatchInfo, uniforms: torch.Tensor
+) -> torch.Tensor:
+    """Sample under top_k, then top_p, then min_p: [B, V] -> [B] int64.
 
     Sorting a whole [B, V] row is slow on CPU, so each row is cut to its K best candidates and
     sampled among them in order of probability; a row whose cutoff may lie beyond them is
     redone with more (at last all V). The kept tokens do not depend on K, so neither does the
     sample of a seeded row.
     """
-    # scaled: [B, V] logits / temperature; uniforms: [B] float64 -> ([B], [B]) int64
-    lse = torch.logsumexp(scaled, dim=-1, keepdim=True)  # [B, 1]
-    per_row = (lse, info.top_ks, info.top_ps, info.min_ps, uniforms)
-    levels = _candidate_levels(info, scaled.shape[1], scaled.device)
-    next_ids, exact, best_ids = _sample_among_top(scaled, *per_row, levels[0])
+    # probs: [B, V] rows summing to 1; uniforms: [B] float64
+    per_row = (info.top_ks, info.top_ps, info.min_ps, uniforms)
+    levels = _candidate_levels(info, probs.shape[1], probs.device)
+    next_ids, exact = _sample_among_top(probs, *per_row, levels[0])
     for k in levels[1:]:
         # NOTE: a data-dependent branch, used only on CPU where it costs no device sync.
         if bool(exact.all()):
             break
         rows = (~exact).nonzero().squeeze(1)
-        redo_ids, redo_exact, _ = _sample_among_top(scaled[rows], *(t[rows] for t in per_row), k)
+        redo_ids, redo_exact = _sample_among_top(probs[rows], *(t[rows] for t in per_row), k)
         next_ids[rows] = redo_ids
         exact[rows] = redo_exact
-    return next_ids, best_ids
+    return next_ids
 
 
 def _candidate_levels(info: SamplingBatchInfo, vocab: int, device: torch.device) -> list[int]:
@@ -210,28 +208,26 @@ def _candidate_levels(info: SamplingBatchInfo, vocab: int, device: torch.device)
 
 
 def _sample_among_top(
-    scaled: torch.Tensor,
-    lse: torch.Tensor,
+    probs: torch.Tensor,
     top_ks: torch.Tensor,
     top_ps: torch.Tensor,
     min_ps: torch.Tensor,
     uniforms: torch.Tensor,
     candidates: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample each row among its `candidates` most likely tokens.
 
-    Returns (next_ids [b], exact [b] bool, best_ids [b]); exact is False where the top-k/top-p
-    cutoff may lie beyond the candidates (that row's next_id is then meaningless).
+    Returns (next_ids [b], exact [b] bool); exact is False where the top-k/top-p cutoff may lie
+    beyond the candidates (that row's next_id is then meaningless).
     """
-    # scaled: [b, V]; lse: [b, 1]; top_ks: [b] int64; top_ps, min_ps: [b]; uniforms: [b] float64
-    top_logits, top_ids = scaled.topk(candidates, dim=-1)  # [b, K], descending
-    top = (top_logits - lse).exp()  # [b, K] probabilities
-    threshold, exact = top_k_top_p_threshold(top, top_ks, top_ps, scaled.shape[1])
+    # probs: [b, V]; top_ks: [b] int64; top_ps, min_ps: [b]; uniforms: [b] float64
+    top, top_ids = probs.topk(candidates, dim=-1)  # [b, K], descending
+    threshold, exact = top_k_top_p_threshold(top, top_ks, top_ps, probs.shape[1])
     threshold = threshold.maximum(top[:, :1] * min_ps.unsqueeze(1))  # [b, 1]
     kept = top.masked_fill(top < threshold, 0.0).to(torch.float64)  # [b, K]
     position, _ = _invert_cdf(kept, uniforms)  # [b]
     next_ids = top_ids.gather(1, position.unsqueeze(1)).squeeze(1)
-    return next_ids, exact, top_ids[:, 0]
+    return next_ids, exact
 
 
 def top_k_top_p_threshold(

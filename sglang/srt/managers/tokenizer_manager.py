@@ -201,7 +201,9 @@ class TokenizerManager:
         """Render OpenAI-style messages with the chat template, ready for the assistant's turn."""
         template = self.chat_template
         if template is None:
-            raise ValueError("the model has no chat template; start the server with --chat-template")
+            raise ValueError(
+                "the model has no chat template; start the server with --chat-template"
+            )
         plain = normalize_messages(messages)
         try:
             return self.tokenizer.apply_chat_template(
@@ -288,6 +290,7 @@ class TokenizerManager:
         states = []
         for req in reqs:
             state = _ReqState(req.rid, event, req.return_logprob, return_text)
+            state.prompt_tokens = len(req.input_ids)
             self.rid_to_state[req.rid] = state
             states.append(state)
         return states
@@ -376,7 +379,9 @@ class TokenizerManager:
         rids = _base_rids(obj.rid, len(prompts), is_batch)
         reqs: list[TokenizedGenerateReqInput] = []
         for i, (text, ids) in enumerate(prompts):
-            params = self._sampling_params(_pick(obj.sampling_params, "sampling_params", i, prompts))
+            params = self._sampling_params(
+                _pick(obj.sampling_params, "sampling_params", i, prompts)
+            )
             await self._check_grammar(params)
             if text is not None:
                 ids = self.tokenize(text)

@@ -68,7 +68,12 @@ class ModelRunner:
         self.req_to_token_pool = ReqToTokenPool(rows, cfg.context_len + _ROW_SLACK, device)
         self.token_to_kv_pool_allocator = TokenToKVPoolAllocator(self.max_total_tokens, device)
         self.token_to_kv_pool = MHATokenToKVPool(
-            self.max_total_tokens, self.dtype, cfg.num_kv_heads, cfg.head_dim, cfg.num_layers, device
+            self.max_total_tokens,
+            self.dtype,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.num_layers,
+            device,
         )
         self.attn_backend = TorchNativeAttnBackend(self.token_to_kv_pool)
         logger.info("KV pool: %d tokens, %d request rows", self.max_total_tokens, rows)

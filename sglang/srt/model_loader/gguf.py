@@ -16,7 +16,9 @@ _WEIGHTS_FILE = "model.safetensors"
 
 def gguf_cache_root() -> str:
     """~/.cache/sglang/gguf, or $SGLANG_CACHE_DIR/gguf."""
-    base = os.environ.get("SGLANG_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "sglang")
+    base = os.environ.get("SGLANG_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "sglang"
+    )
     return os.path.join(base, "gguf")
 
 

@@ -121,7 +121,9 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) 
         start, size = _shard_rows(model, target, shard, params[target])
         dest = params[target].data[start : start + size]
         if dest.shape != tensor.shape:
-            raise ValueError(f"checkpoint tensor {name!r}: shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}")
+            raise ValueError(
+                f"checkpoint tensor {name!r}: shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}"
+            )
         dest.copy_(tensor)
         rows_loaded[target] += size
     missing = [n for n, p in params.items() if rows_loaded[n] != p.shape[0]]
@@ -136,7 +138,9 @@ def _packed_target(name: str, packed: dict) -> tuple[str, int | None]:
     return name, None
 
 
-def _shard_rows(model: nn.Module, target: str, shard: int | None, param: nn.Parameter) -> tuple[int, int]:
+def _shard_rows(
+    model: nn.Module, target: str, shard: int | None, param: nn.Parameter
+) -> tuple[int, int]:
     if shard is None:
         return 0, param.shape[0]
     sizes = model.get_submodule(target.rsplit(".", 1)[0]).output_sizes

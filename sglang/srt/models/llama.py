@@ -75,7 +75,11 @@ class LlamaModel(nn.Module):
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = RotaryEmbedding(
-            config.head_dim, config.context_len, config.rope_theta, config.rope_scaling, config.dtype
+            config.head_dim,
+            config.context_len,
+            config.rope_theta,
+            config.rope_scaling,
+            config.dtype,
         )
 
     def forward(
