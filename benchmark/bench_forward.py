@@ -2,7 +2,9 @@
 
     python benchmark/bench_forward.py [--model-path PATH] [--dtype bfloat16] [--threads 2]
 
-Decode runs over a synthetic context (KV slots allocated, not computed): attention costs the
+Times are medians of wall clock per pass; "cpu" is this process's CPU time over the same pass,
+a better guide than wall time when other processes share the cores (with one thread it stays
+close to the wall time an idle machine would show). Decode runs over a synthetic context (KV slots allocated, not computed): attention costs the
 same whatever the cached values are, and filling 64 x 300 tokens by prefill would dominate.
 """
 
@@ -62,29 +64,42 @@ def fresh(runner: ModelRunner) -> None:
     runner.token_to_kv_pool_allocator.clear()
 
 
-def bench_prefill(runner: ModelRunner, length: int, repeats: int) -> float:
+def timed_forward(runner: ModelRunner, fb: ForwardBatch) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one forward pass."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    runner.forward(fb)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def bench_prefill(runner: ModelRunner, length: int, repeats: int) -> tuple[float, float]:
+    """(wall, CPU) median seconds of one `length`-token prefill, after one warm-up pass."""
     times = []
-    for _ in range(repeats + 1):  # the first pass warms up
+    for _ in range(repeats + 1):
         fresh(runner)
-        fb = Requests(runner, 1, 0).batch(ForwardMode.EXTEND, [length])
-        start = time.perf_counter()
-        runner.forward(fb)
-        times.append(time.perf_counter() - start)
-    return length / statistics.median(times[1:])
+        times.append(
+            timed_forward(runner, Requests(runner, 1, 0).batch(ForwardMode.EXTEND, [length]))
+        )
+    return _medians(times[1:])
 
 
 def bench_decode(runner: ModelRunner, batch: int, context: int, steps: int) -> tuple[float, float]:
-    """(tokens/s, median ms per step) of `steps` decode steps after 3 warm-up steps."""
+    """(wall, CPU) median seconds of one decode step of `batch` requests, after 3 warm-up steps."""
     fresh(runner)
     reqs = Requests(runner, batch, context)
-    times = []
-    for _ in range(steps + 3):
-        fb = reqs.batch(ForwardMode.DECODE, [1] * batch)
-        start = time.perf_counter()
-        runner.forward(fb)
-        times.append(time.perf_counter() - start)
-    step = statistics.median(times[3:])
-    return batch / step, step * 1e3
+    times = [
+        timed_forward(runner, reqs.batch(ForwardMode.DECODE, [1] * batch)) for _ in range(steps + 3)
+    ]
+    return _medians(times[3:])
+
+
+def _medians(times: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
+
+
+def report(label: str, tokens: int, wall: float, cpu: float) -> None:
+    print(
+        f"{label:28s} {tokens / wall:8.0f} tok/s  {wall * 1e3:7.1f} ms  (cpu {cpu * 1e3:7.1f} ms)"
+    )
 
 
 def profile_decode(runner: ModelRunner, batch: int, context: int, rows: int) -> None:
@@ -117,14 +132,25 @@ def main() -> None:
     )
     runner.init_memory_pool(max_total_tokens=64 * (args.context + args.steps + 16) + 4096)
     print(f"device {runner.device}, dtype {runner.dtype}, threads {torch.get_num_threads()}")
-    tps = bench_prefill(runner, args.prefill_len, repeats=3)
-    print(f"prefill {args.prefill_len} tokens: {tps:8.0f} tok/s")
+    print(f"load average before: {_loadavg()}")
+    report(
+        f"prefill {args.prefill_len}", args.prefill_len, *bench_prefill(runner, args.prefill_len, 3)
+    )
     for batch in (1, 64):
-        tps, ms = bench_decode(runner, batch, args.context, args.steps)
-        print(f"decode batch {batch:3d} @ ctx {args.context}: {tps:8.0f} tok/s  {ms:6.1f} ms/step")
+        wall, cpu = bench_decode(runner, batch, args.context, args.steps)
+        report(f"decode batch {batch} @ ctx {args.context}", batch, wall, cpu)
+    print(f"load average after: {_loadavg()}")
     if not args.no_profile:
         profile_decode(runner, 1, args.context, rows=20)
         profile_decode(runner, 64, args.context, rows=20)
+
+
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 if __name__ == "__main__":

@@ -45,12 +45,36 @@ CHOICE_LETTERS = "ABCD"
 
 # ---------------------------------------------------------------- the MMLU-style workload
 
-_NAMES = ["Anna", "Brian", "Carla", "David", "Elena", "Farid", "Grace", "Hiro", "Irene",
-          "Jonas", "Kavya", "Liam", "Maria", "Noah", "Olga", "Pablo", "Quinn", "Rosa"]
-_ITEMS = [("boxes of pencils", "shop"), ("crates of apples", "market"),
-          ("bags of flour", "bakery"), ("rolls of cable", "warehouse"),
-          ("packs of cards", "club"), ("sacks of rice", "kitchen"),
-          ("jars of honey", "farm stall"), ("cans of paint", "workshop")]
+_NAMES = [
+    "Anna",
+    "Brian",
+    "Carla",
+    "David",
+    "Elena",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Irene",
+    "Jonas",
+    "Kavya",
+    "Liam",
+    "Maria",
+    "Noah",
+    "Olga",
+    "Pablo",
+    "Quinn",
+    "Rosa",
+]
+_ITEMS = [
+    ("boxes of pencils", "shop"),
+    ("crates of apples", "market"),
+    ("bags of flour", "bakery"),
+    ("rolls of cable", "warehouse"),
+    ("packs of cards", "club"),
+    ("sacks of rice", "kitchen"),
+    ("jars of honey", "farm stall"),
+    ("cans of paint", "workshop"),
+]
 _SUBJECTS = ["elementary mathematics", "high school arithmetic", "everyday word problems"]
 
 
@@ -74,13 +98,19 @@ def _mc_question(rng: random.Random) -> MCQuestion:
     a, b = rng.randint(12, 89), rng.randint(3, 49)
     if rng.random() < 0.5:
         value = a + b
-        story = f"{name} runs a {place} that had {a} {item}. In the morning {name} received {b} more."
+        story = (
+            f"{name} runs a {place} that had {a} {item}. In the morning {name} received {b} more."
+        )
     else:
         a = max(a, b + 5)
         value = a - b
-        story = f"{name} runs a {place} that had {a} {item}. During the day {name} sold {b} of them."
-    text = (f"The following is a question about {subject}.\n{story} "
-            f"How many {item} are in the {place} now?")
+        story = (
+            f"{name} runs a {place} that had {a} {item}. During the day {name} sold {b} of them."
+        )
+    text = (
+        f"The following is a question about {subject}.\n{story} "
+        f"How many {item} are in the {place} now?"
+    )
     wrong = {value + d for d in (-10, -1, 1, 10, 2)} - {value}
     options = [value, *rng.sample(sorted(wrong), 3)]
     rng.shuffle(options)
@@ -91,51 +121,91 @@ def mmlu_workload(num_questions: int, seed: int = 0) -> tuple[str, list[MCQuesti
     """The shared few-shot prefix and the questions asked behind it."""
     rng = random.Random(seed)
     shots = [_mc_question(rng) for _ in range(NUM_SHOTS)]
-    prefix = ("The following are multiple choice questions (with answers) about arithmetic.\n\n"
-              + "".join(q.render(with_answer=True) for q in shots))
+    prefix = (
+        "The following are multiple choice questions (with answers) about arithmetic.\n\n"
+        + "".join(q.render(with_answer=True) for q in shots)
+    )
     return prefix, [_mc_question(rng) for _ in range(num_questions)]
 
 
 # ---------------------------------------------------------------- the HellaSwag-style workload
 
 _ACTIVITIES = [
-    ("is standing at a kitchen counter with a cutting board and a pile of fresh vegetables",
-     "picks up a sharp knife and begins to slice the carrots into thin rounds"),
-    ("is kneeling beside a flat bicycle tire in the driveway on a sunny afternoon",
-     "pries the tire off the rim with a lever and pulls out the punctured tube"),
-    ("is sitting at a piano in a quiet living room with an open book of music",
-     "places both hands on the keys and plays the opening bars of a slow waltz"),
-    ("is standing on a ladder next to a wall that has been taped and covered with sheets",
-     "dips a wide roller into the tray and spreads pale blue paint across the wall"),
-    ("is walking a large brown dog through a park covered in autumn leaves",
-     "throws a tennis ball across the grass and the dog races off to fetch it"),
-    ("is crouching by a campfire at dusk while a pot of water hangs above the flames",
-     "pours the boiling water into a mug and stirs in a spoonful of instant coffee"),
-    ("is standing in a garden holding a watering can beside rows of young tomato plants",
-     "tips the can forward and waters each plant carefully at the base of its stem"),
-    ("is sitting in a barber chair while a stylist drapes a cape around their shoulders",
-     "watches in the mirror as the stylist trims the hair above the ears with scissors"),
-    ("is at the edge of a swimming pool wearing goggles and a tight swimming cap",
-     "dives into the water and swims several fast laps of front crawl"),
-    ("is kneeling on a yoga mat in a bright studio with soft music playing",
-     "stretches both arms forward and slowly lowers into a deep resting pose"),
-    ("is standing at a workbench with two planks of wood and a box of screws",
-     "drills a pilot hole through the planks and drives in a screw to join them"),
-    ("is sitting at a desk in front of a laptop with a cup of tea beside the keyboard",
-     "types a long email to a colleague and then clicks the send button"),
+    (
+        "is standing at a kitchen counter with a cutting board and a pile of fresh vegetables",
+        "picks up a sharp knife and begins to slice the carrots into thin rounds",
+    ),
+    (
+        "is kneeling beside a flat bicycle tire in the driveway on a sunny afternoon",
+        "pries the tire off the rim with a lever and pulls out the punctured tube",
+    ),
+    (
+        "is sitting at a piano in a quiet living room with an open book of music",
+        "places both hands on the keys and plays the opening bars of a slow waltz",
+    ),
+    (
+        "is standing on a ladder next to a wall that has been taped and covered with sheets",
+        "dips a wide roller into the tray and spreads pale blue paint across the wall",
+    ),
+    (
+        "is walking a large brown dog through a park covered in autumn leaves",
+        "throws a tennis ball across the grass and the dog races off to fetch it",
+    ),
+    (
+        "is crouching by a campfire at dusk while a pot of water hangs above the flames",
+        "pours the boiling water into a mug and stirs in a spoonful of instant coffee",
+    ),
+    (
+        "is standing in a garden holding a watering can beside rows of young tomato plants",
+        "tips the can forward and waters each plant carefully at the base of its stem",
+    ),
+    (
+        "is sitting in a barber chair while a stylist drapes a cape around their shoulders",
+        "watches in the mirror as the stylist trims the hair above the ears with scissors",
+    ),
+    (
+        "is at the edge of a swimming pool wearing goggles and a tight swimming cap",
+        "dives into the water and swims several fast laps of front crawl",
+    ),
+    (
+        "is kneeling on a yoga mat in a bright studio with soft music playing",
+        "stretches both arms forward and slowly lowers into a deep resting pose",
+    ),
+    (
+        "is standing at a workbench with two planks of wood and a box of screws",
+        "drills a pilot hole through the planks and drives in a screw to join them",
+    ),
+    (
+        "is sitting at a desk in front of a laptop with a cup of tea beside the keyboard",
+        "types a long email to a colleague and then clicks the send button",
+    ),
 ]
-_SETTINGS = ["It is early on a cool Saturday morning and the house is still quiet.",
-             "The afternoon sun is shining through the window and a radio plays softly.",
-             "It is late in the evening after a long and busy day at work.",
-             "Rain is tapping on the roof and the lights have just been switched on.",
-             "A friend is watching nearby and chatting about plans for the weekend.",
-             "Everything needed for the task has been laid out neatly in advance."]
-_MOODS = ["The person looks calm and focused on the job at hand.",
-          "The person hums a tune and seems to be in a cheerful mood.",
-          "The person checks the time once and then gets ready to start.",
-          "The person takes a deep breath and rolls up both sleeves."]
-_PEOPLE = ["A young man", "An older woman", "A teenage girl", "A tall man", "A woman",
-           "A boy", "A chef", "A student", "A grandfather", "A neighbor"]
+_SETTINGS = [
+    "It is early on a cool Saturday morning and the house is still quiet.",
+    "The afternoon sun is shining through the window and a radio plays softly.",
+    "It is late in the evening after a long and busy day at work.",
+    "Rain is tapping on the roof and the lights have just been switched on.",
+    "A friend is watching nearby and chatting about plans for the weekend.",
+    "Everything needed for the task has been laid out neatly in advance.",
+]
+_MOODS = [
+    "The person looks calm and focused on the job at hand.",
+    "The person hums a tune and seems to be in a cheerful mood.",
+    "The person checks the time once and then gets ready to start.",
+    "The person takes a deep breath and rolls up both sleeves.",
+]
+_PEOPLE = [
+    "A young man",
+    "An older woman",
+    "A teenage girl",
+    "A tall man",
+    "A woman",
+    "A boy",
+    "A chef",
+    "A student",
+    "A grandfather",
+    "A neighbor",
+]
 
 
 @dataclass
@@ -153,8 +223,10 @@ def _ending_question(rng: random.Random) -> EndingQuestion:
     others = rng.sample([a[1] for i, a in enumerate(_ACTIVITIES) if i != setup_idx], 3)
     endings = [ending, *others]
     rng.shuffle(endings)
-    context = (f"{rng.choice(_PEOPLE)} {setup}. {rng.choice(_SETTINGS)} {rng.choice(_MOODS)}"
-               " Then the person")
+    context = (
+        f"{rng.choice(_PEOPLE)} {setup}. {rng.choice(_SETTINGS)} {rng.choice(_MOODS)}"
+        " Then the person"
+    )
     return EndingQuestion(context, [" " + e + "." for e in endings], endings.index(ending))
 
 
@@ -162,12 +234,14 @@ def hellaswag_workload(num_questions: int, seed: int = 1) -> tuple[str, list[End
     """The shared few-shot prefix (context + right ending) and the questions."""
     rng = random.Random(seed)
     shots = [_ending_question(rng) for _ in range(NUM_SHOTS)]
-    prefix = ("Each story below is completed with its most sensible ending.\n\n"
-              + "".join(q.context + q.endings[q.label] + "\n\n" for q in shots))
+    prefix = "Each story below is completed with its most sensible ending.\n\n" + "".join(
+        q.context + q.endings[q.label] + "\n\n" for q in shots
+    )
     return prefix, [_ending_question(rng) for _ in range(num_questions)]
 
 
 # ---------------------------------------------------------------- clients (raw HTTP)
+
 
 @dataclass
 class Answer:
@@ -180,8 +254,13 @@ class Answer:
 
 
 def ask_mmlu(url: str, prefix: str, q: MCQuestion) -> Answer:
-    out = generate(url, {"text": prefix + q.render(with_answer=False),
-                         "sampling_params": {"max_new_tokens": 3, "temperature": 0}})
+    out = generate(
+        url,
+        {
+            "text": prefix + q.render(with_answer=False),
+            "sampling_params": {"max_new_tokens": 3, "temperature": 0},
+        },
+    )
     meta = out["meta_info"]
     got = out["text"].strip()[:1]
     return Answer(got, got == q.answer, meta["prompt_tokens"], meta.get("cached_tokens", 0))
@@ -192,17 +271,24 @@ def ask_hellaswag(url: str, prefix: str, q: EndingQuestion) -> Answer:
     context = prefix + q.context
     first = generate(url, {"text": context, "sampling_params": {"max_new_tokens": 0}})
     n_ctx = first["meta_info"]["prompt_tokens"]
-    outs = generate(url, {
-        "text": [context + e for e in q.endings],
-        "sampling_params": {"max_new_tokens": 0},
-        "return_logprob": True,
-        "logprob_start_len": max(n_ctx - 2, 0),
-    })
+    outs = generate(
+        url,
+        {
+            "text": [context + e for e in q.endings],
+            "sampling_params": {"max_new_tokens": 0},
+            "return_logprob": True,
+            "logprob_start_len": max(n_ctx - 2, 0),
+        },
+    )
     scores = [_mean_choice_logprob(o["meta_info"], n_ctx) for o in outs]
     best = max(range(len(scores)), key=scores.__getitem__)
     metas = [first["meta_info"]] + [o["meta_info"] for o in outs]
-    return Answer(best, best == q.label, sum(m["prompt_tokens"] for m in metas),
-                  sum(m.get("cached_tokens", 0) for m in metas))
+    return Answer(
+        best,
+        best == q.label,
+        sum(m["prompt_tokens"] for m in metas),
+        sum(m.get("cached_tokens", 0) for m in metas),
+    )
 
 
 def _mean_choice_logprob(meta: dict, n_ctx: int) -> float:
@@ -258,16 +344,23 @@ def run_workload(url: str, name: str, num_questions: int, concurrency: int) -> R
     seconds = time.perf_counter() - start
     info = get_server_info(url)
     prefix_tokens = generate(url, {"text": prefix, "sampling_params": {"max_new_tokens": 0}})
-    return RunResult(len(questions), seconds, answers, info.get("cache_hit_rate"),
-                     prefix_tokens["meta_info"]["prompt_tokens"])
+    return RunResult(
+        len(questions),
+        seconds,
+        answers,
+        info.get("cache_hit_rate"),
+        prefix_tokens["meta_info"]["prompt_tokens"],
+    )
 
 
 def _describe(tag: str, name: str, r: RunResult) -> None:
     hit = "-" if r.server_hit_rate is None else f"{r.server_hit_rate:.1%}"
-    print(f"# {name} [{tag}]: {r.questions} questions in {r.seconds:.1f}s = "
-          f"{r.throughput:.2f} q/s; accuracy {r.accuracy:.1%}; prefix {r.prefix_tokens} tokens; "
-          f"server cache_hit_rate {hit}; cached/prompt tokens {r.token_hit_rate:.1%}",
-          flush=True)
+    print(
+        f"# {name} [{tag}]: {r.questions} questions in {r.seconds:.1f}s = "
+        f"{r.throughput:.2f} q/s; accuracy {r.accuracy:.1%}; prefix {r.prefix_tokens} tokens; "
+        f"server cache_hit_rate {hit}; cached/prompt tokens {r.token_hit_rate:.1%}",
+        flush=True,
+    )
 
 
 def bench_one(args: argparse.Namespace, name: str) -> list[Row]:
@@ -290,40 +383,61 @@ def bench_one(args: argparse.Namespace, name: str) -> list[Row]:
         print(f"# {name}: answers agree with and without the cache on {agree:.1%}", flush=True)
     return [
         Row(f"{name} throughput", ours.throughput, base and base.throughput, None, "q/s"),
-        Row(f"{name} cache hit rate (server)", None if hit is None else 100 * hit, None, 90.0,
-            "%"),
-        Row(f"{name} cached/prompt tokens", 100 * ours.token_hit_rate,
-            base and 100 * base.token_hit_rate, None, "%"),
+        Row(f"{name} cache hit rate (server)", None if hit is None else 100 * hit, None, 90.0, "%"),
+        Row(
+            f"{name} cached/prompt tokens",
+            100 * ours.token_hit_rate,
+            base and 100 * base.token_hit_rate,
+            None,
+            "%",
+        ),
         Row(f"{name} accuracy", 100 * ours.accuracy, base and 100 * base.accuracy, None, "%"),
     ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", help="use a running server instead of starting ours "
-                        "(then no --disable-radix-cache run)")
-    parser.add_argument("--workloads", default="mmlu,hellaswag",
-                        help="comma-separated subset of: " + ", ".join(WORKLOADS))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--url",
+        help="use a running server instead of starting ours (then no --disable-radix-cache run)",
+    )
+    parser.add_argument(
+        "--workloads",
+        default="mmlu,hellaswag",
+        help="comma-separated subset of: " + ", ".join(WORKLOADS),
+    )
     parser.add_argument("--num-questions", type=int, default=200)
-    parser.add_argument("--num-questions-no-cache", type=int, default=32,
-                        help="questions for the --disable-radix-cache run (a rate is reported, "
-                        "so a subset keeps the run bounded)")
+    parser.add_argument(
+        "--num-questions-no-cache",
+        type=int,
+        default=32,
+        help="questions for the --disable-radix-cache run (a rate is reported, "
+        "so a subset keeps the run bounded)",
+    )
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--skip-baseline", action="store_true",
-                        help="skip the --disable-radix-cache server")
+    parser.add_argument(
+        "--skip-baseline", action="store_true", help="skip the --disable-radix-cache server"
+    )
     parser.add_argument("--server-args", default="", help="extra launch_server arguments")
     args = parser.parse_args()
     print_env()
     rows: list[Row] = []
     for name in args.workloads.split(","):
         rows += bench_one(args, name.strip())
-    print_table("Shared-prefix workloads: radix cache vs --disable-radix-cache", rows,
-                "radix cache", "no cache")
+    print_table(
+        "Shared-prefix workloads: radix cache vs --disable-radix-cache",
+        rows,
+        "radix cache",
+        "no cache",
+    )
     for r in rows:
         if r.metric.endswith("throughput") and r.ratio is not None:
-            print(f"# {r.metric.split()[0]}: speed-up from the radix cache {r.ratio:.2f}x "
-                  f"(target >= 5x)")
+            print(
+                f"# {r.metric.split()[0]}: speed-up from the radix cache {r.ratio:.2f}x "
+                f"(target >= 5x)"
+            )
 
 
 if __name__ == "__main__":

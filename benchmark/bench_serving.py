@@ -85,6 +85,7 @@ def make_workload(args: argparse.Namespace) -> Workload:
 
 # ---------------------------------------------------------------- our server
 
+
 def _greedy(max_new_tokens: int) -> dict[str, Any]:
     return {"max_new_tokens": max_new_tokens, "temperature": 0, "ignore_eos": True}
 
@@ -103,8 +104,9 @@ def ours_prefill(url: str, w: Workload) -> float:
 def ours_decode1(url: str, w: Workload) -> float:
     """Decode rate of one stream: tokens between the first and last event over that time."""
     generate(url, {"text": w.decode_prompt[:50], "sampling_params": _greedy(8)})  # warm-up
-    times, counts, _ = stream_generate(url, {"text": w.decode_prompt,
-                                             "sampling_params": _greedy(w.decode_tokens)})
+    times, counts, _ = stream_generate(
+        url, {"text": w.decode_prompt, "sampling_params": _greedy(w.decode_tokens)}
+    )
     if len(times) < 2:
         raise RuntimeError("the stream returned fewer than 2 events")
     produced = counts[-1] - counts[0]
@@ -135,6 +137,7 @@ def run_ours(args: argparse.Namespace, w: Workload) -> Figures:
 
 # ---------------------------------------------------------------- the transformers baseline
 
+
 def load_hf_model(dtype: str) -> tuple[Any, Any]:
     """transformers model + tokenizer on the GGUF weights; a safetensors copy makes reloads fast."""
     import torch
@@ -144,8 +147,9 @@ def load_hf_model(dtype: str) -> tuple[Any, Any]:
     if not (HF_COPY / "config.json").is_file():
         gguf = Path(default_gguf_path())
         print(f"# dequantizing {gguf.name} once (slow); caching it in {HF_COPY}", flush=True)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                     dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16
+        )
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         _save_plain_copy(model, tok)
     model = AutoModelForCausalLM.from_pretrained(str(HF_COPY), dtype=torch_dtype)
@@ -176,8 +180,13 @@ def _hf_generate(model: Any, tok: Any, prompts: list[str], new_tokens: int) -> t
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     start = time.perf_counter()
     with torch.inference_mode():
-        model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                       do_sample=False, pad_token_id=tok.pad_token_id)
+        model.generate(
+            **enc,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
     return time.perf_counter() - start, int(enc["attention_mask"].sum())
 
 
@@ -205,8 +214,9 @@ def run_hf(args: argparse.Namespace, w: Workload) -> Figures:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", help="use a running server instead of starting ours")
     parser.add_argument("--skip-baseline", action="store_true", help="skip transformers")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
@@ -224,14 +234,34 @@ def main() -> None:
     ours = run_ours(args, w)
     theirs = None if args.skip_baseline else run_hf(args, w)
     n = args.num_streams
-    print_table(f"Serving speed ({args.dtype}, CPU): ours vs transformers", [
-        Row(f"prefill {args.prefill_len}-token prompt", ours.prefill_tok_s,
-            theirs and theirs.prefill_tok_s, TARGETS["prefill"], "tok/s"),
-        Row("decode, 1 stream", ours.decode1_tok_s, theirs and theirs.decode1_tok_s,
-            TARGETS["decode1"], "tok/s"),
-        Row(f"decode, {n} streams (total)", ours.decode64_tok_s,
-            theirs and theirs.decode64_tok_s, TARGETS["decode64"] if n == 64 else None, "tok/s"),
-    ], "sglang", "transformers")
+    print_table(
+        f"Serving speed ({args.dtype}, CPU): ours vs transformers",
+        [
+            Row(
+                f"prefill {args.prefill_len}-token prompt",
+                ours.prefill_tok_s,
+                theirs and theirs.prefill_tok_s,
+                TARGETS["prefill"],
+                "tok/s",
+            ),
+            Row(
+                "decode, 1 stream",
+                ours.decode1_tok_s,
+                theirs and theirs.decode1_tok_s,
+                TARGETS["decode1"],
+                "tok/s",
+            ),
+            Row(
+                f"decode, {n} streams (total)",
+                ours.decode64_tok_s,
+                theirs and theirs.decode64_tok_s,
+                TARGETS["decode64"] if n == 64 else None,
+                "tok/s",
+            ),
+        ],
+        "sglang",
+        "transformers",
+    )
 
 
 if __name__ == "__main__":

@@ -73,26 +73,68 @@ alive ::= "Alive" | "Deceased"
 """
 
 CHARACTERS = [
-    "Harry Potter", "Hermione Granger", "Ron Weasley", "Albus Dumbledore", "Severus Snape",
-    "Rubeus Hagrid", "Draco Malfoy", "Ginny Weasley", "Neville Longbottom", "Luna Lovegood",
-    "Minerva McGonagall", "Sirius Black", "Remus Lupin", "Lord Voldemort", "Bellatrix Lestrange",
-    "Fred Weasley", "George Weasley", "Percy Weasley", "Molly Weasley", "Arthur Weasley",
-    "Cedric Diggory", "Cho Chang", "Dobby", "Dolores Umbridge", "Filius Flitwick",
-    "Gilderoy Lockhart", "Horace Slughorn", "Kingsley Shacklebolt", "Lucius Malfoy",
-    "Narcissa Malfoy", "Nymphadora Tonks", "Peter Pettigrew", "Pomona Sprout", "Quirinus Quirrell",
-    "Alastor Moody", "Argus Filch", "Sybill Trelawney", "Vincent Crabbe", "Gregory Goyle",
-    "Dean Thomas", "Seamus Finnigan", "Lavender Brown", "Oliver Wood", "Fleur Delacour",
-    "Viktor Krum", "Bill Weasley", "Charlie Weasley", "Cornelius Fudge", "Rita Skeeter",
+    "Harry Potter",
+    "Hermione Granger",
+    "Ron Weasley",
+    "Albus Dumbledore",
+    "Severus Snape",
+    "Rubeus Hagrid",
+    "Draco Malfoy",
+    "Ginny Weasley",
+    "Neville Longbottom",
+    "Luna Lovegood",
+    "Minerva McGonagall",
+    "Sirius Black",
+    "Remus Lupin",
+    "Lord Voldemort",
+    "Bellatrix Lestrange",
+    "Fred Weasley",
+    "George Weasley",
+    "Percy Weasley",
+    "Molly Weasley",
+    "Arthur Weasley",
+    "Cedric Diggory",
+    "Cho Chang",
+    "Dobby",
+    "Dolores Umbridge",
+    "Filius Flitwick",
+    "Gilderoy Lockhart",
+    "Horace Slughorn",
+    "Kingsley Shacklebolt",
+    "Lucius Malfoy",
+    "Narcissa Malfoy",
+    "Nymphadora Tonks",
+    "Peter Pettigrew",
+    "Pomona Sprout",
+    "Quirinus Quirrell",
+    "Alastor Moody",
+    "Argus Filch",
+    "Sybill Trelawney",
+    "Vincent Crabbe",
+    "Gregory Goyle",
+    "Dean Thomas",
+    "Seamus Finnigan",
+    "Lavender Brown",
+    "Oliver Wood",
+    "Fleur Delacour",
+    "Viktor Krum",
+    "Bill Weasley",
+    "Charlie Weasley",
+    "Cornelius Fudge",
+    "Rita Skeeter",
     "Aberforth Dumbledore",
 ]
 
 
 def character_prompt(name: str) -> str:
-    return (name + " is a character in Harry Potter. Please fill in the following information "
-            "about this character.\n")
+    return (
+        name + " is a character in Harry Potter. Please fill in the following information "
+        "about this character.\n"
+    )
 
 
 # ---------------------------------------------------------------- clients
+
 
 @dataclass
 class Result:
@@ -112,25 +154,40 @@ class Result:
 
     def describe(self, unit: str) -> str:
         hit = self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
-        return (f"# {self.label}: {self.items} {unit} in {self.seconds:.1f}s = "
-                f"{self.throughput:.2f} {unit}/s; {self.output_tokens / self.seconds:.0f} output "
-                f"tok/s; valid {self.valid}/{self.items}; cached/prompt tokens {hit:.1%}")
+        return (
+            f"# {self.label}: {self.items} {unit} in {self.seconds:.1f}s = "
+            f"{self.throughput:.2f} {unit}/s; {self.output_tokens / self.seconds:.0f} output "
+            f"tok/s; valid {self.valid}/{self.items}; cached/prompt tokens {hit:.1%}"
+        )
 
 
-def _timed(label: str, fn: Callable[[Any], tuple[int, bool, int, int]], items: list[Any],
-           concurrency: int) -> Result:
+def _timed(
+    label: str, fn: Callable[[Any], tuple[int, bool, int, int]], items: list[Any], concurrency: int
+) -> Result:
     """Run `fn` over items concurrently; fn returns (output tokens, valid, prompt, cached)."""
     start = time.perf_counter()
     outs = run_concurrently(fn, items, concurrency)
     seconds = time.perf_counter() - start
-    return Result(label, len(items), seconds, sum(o[0] for o in outs), sum(o[1] for o in outs),
-                  sum(o[2] for o in outs), sum(o[3] for o in outs))
+    return Result(
+        label,
+        len(items),
+        seconds,
+        sum(o[0] for o in outs),
+        sum(o[1] for o in outs),
+        sum(o[2] for o in outs),
+        sum(o[3] for o in outs),
+    )
 
 
 def ours_mmlu(url: str, prefix: str, questions: list[MCQuestion], concurrency: int) -> Result:
     def ask(q: MCQuestion) -> tuple[int, bool, int, int]:
-        out = generate(url, {"text": prefix + q.render(with_answer=False),
-                             "sampling_params": {"max_new_tokens": 3, "temperature": 0}})
+        out = generate(
+            url,
+            {
+                "text": prefix + q.render(with_answer=False),
+                "sampling_params": {"max_new_tokens": 3, "temperature": 0},
+            },
+        )
         m = out["meta_info"]
         valid = out["text"].strip()[:1] in "ABCD" and bool(out["text"].strip())
         return m["completion_tokens"], valid, m["prompt_tokens"], m.get("cached_tokens", 0)
@@ -139,17 +196,28 @@ def ours_mmlu(url: str, prefix: str, questions: list[MCQuestion], concurrency: i
     return _timed("sglang", ask, questions, concurrency)
 
 
-def llama_mmlu(url: str, prefix: str, questions: list[MCQuestion], concurrency: int,
-               label: str) -> Result:
+def llama_mmlu(
+    url: str, prefix: str, questions: list[MCQuestion], concurrency: int, label: str
+) -> Result:
     def ask(q: MCQuestion) -> tuple[int, bool, int, int]:
-        out = post_json(f"{url}/completion", {
-            "prompt": prefix + q.render(with_answer=False), "n_predict": 3, "temperature": 0,
-            "cache_prompt": True})
+        out = post_json(
+            f"{url}/completion",
+            {
+                "prompt": prefix + q.render(with_answer=False),
+                "n_predict": 3,
+                "temperature": 0,
+                "cache_prompt": True,
+            },
+        )
         t = out.get("timings", {})
         cached = t.get("cache_n", 0)
         text = out.get("content", "").strip()
-        return (t.get("predicted_n", 0), text[:1] in "ABCD" and bool(text),
-                cached + t.get("prompt_n", 0), cached)
+        return (
+            out.get("tokens_predicted", 0),
+            text[:1] in "ABCD" and bool(text),
+            cached + t.get("prompt_n", 0),
+            cached,
+        )
 
     post_json(f"{url}/completion", {"prompt": "Warm-up: the sky is", "n_predict": 2})
     return _timed(label, ask, questions, concurrency)
@@ -157,8 +225,17 @@ def llama_mmlu(url: str, prefix: str, questions: list[MCQuestion], concurrency: 
 
 def ours_json(url: str, names: list[str], concurrency: int, label: str) -> Result:
     def ask(name: str) -> tuple[int, bool, int, int]:
-        out = generate(url, {"text": character_prompt(name), "sampling_params": {
-            "max_new_tokens": 256, "temperature": 0, "regex": CHARACTER_REGEX}})
+        out = generate(
+            url,
+            {
+                "text": character_prompt(name),
+                "sampling_params": {
+                    "max_new_tokens": 256,
+                    "temperature": 0,
+                    "regex": CHARACTER_REGEX,
+                },
+            },
+        )
         m = out["meta_info"]
         valid = re.fullmatch(CHARACTER_REGEX, out["text"]) is not None
         return m["completion_tokens"], valid, m["prompt_tokens"], m.get("cached_tokens", 0)
@@ -169,12 +246,18 @@ def ours_json(url: str, names: list[str], concurrency: int, label: str) -> Resul
 
 def llama_json(url: str, names: list[str], concurrency: int, label: str) -> Result:
     def ask(name: str) -> tuple[int, bool, int, int]:
-        out = post_json(f"{url}/completion", {
-            "prompt": character_prompt(name), "n_predict": 256, "temperature": 0,
-            "cache_prompt": True, "grammar": CHARACTER_GBNF})
-        t = out.get("timings", {})
+        out = post_json(
+            f"{url}/completion",
+            {
+                "prompt": character_prompt(name),
+                "n_predict": 256,
+                "temperature": 0,
+                "cache_prompt": True,
+                "grammar": CHARACTER_GBNF,
+            },
+        )
         valid = re.fullmatch(CHARACTER_REGEX, out.get("content", "")) is not None
-        return t.get("predicted_n", 0), valid, 0, 0
+        return out.get("tokens_predicted", 0), valid, 0, 0
 
     post_json(f"{url}/completion", {"prompt": "Warm-up: the sky is", "n_predict": 2})
     return _timed(label, ask, names, concurrency)
@@ -182,8 +265,10 @@ def llama_json(url: str, names: list[str], concurrency: int, label: str) -> Resu
 
 # ---------------------------------------------------------------- driving the servers
 
-def best_llama(args: argparse.Namespace, ctx_per_slot: int,
-               run: Callable[[str, str], Result], unit: str) -> Result:
+
+def best_llama(
+    args: argparse.Namespace, ctx_per_slot: int, run: Callable[[str, str], Result], unit: str
+) -> Result:
     """Run `run(url, label)` on llama-server with each -np of --np-list; keep the fastest."""
     if args.llama_url:
         return run(args.llama_url.rstrip("/"), "llama.cpp")
@@ -207,11 +292,22 @@ def compare_mmlu(args: argparse.Namespace) -> list[Row]:
     with attach_or_start(args.url, extra) as server:
         ours = ours_mmlu(server.url, prefix, questions, args.concurrency)
     print(ours.describe("q"), flush=True)
-    theirs = best_llama(args, 2048, lambda url, label: llama_mmlu(
-        url, prefix, questions, args.concurrency, label), "q")
+    theirs = best_llama(
+        args,
+        2048,
+        lambda url, label: llama_mmlu(url, prefix, questions, args.concurrency, label),
+        "q",
+    )
     print(f"# best llama.cpp: {theirs.label}", flush=True)
-    return [Row(f"mmlu-style, {len(questions)} q ({theirs.label})", ours.throughput,
-                theirs.throughput, None, "q/s")]
+    return [
+        Row(
+            f"mmlu-style, {len(questions)} q ({theirs.label})",
+            ours.throughput,
+            theirs.throughput,
+            None,
+            "q/s",
+        )
+    ]
 
 
 def compare_json(args: argparse.Namespace) -> list[Row]:
@@ -225,16 +321,26 @@ def compare_json(args: argparse.Namespace) -> list[Row]:
         with attach_or_start(args.url, extra + flags) as server:
             ours[tag] = ours_json(server.url, names, args.concurrency, f"sglang ({tag})")
         print(ours[tag].describe("names"), flush=True)
-    theirs = best_llama(args, 1024, lambda url, label: llama_json(
-        url, names, args.concurrency, label), "names")
+    theirs = best_llama(
+        args, 1024, lambda url, label: llama_json(url, names, args.concurrency, label), "names"
+    )
     print(f"# best llama.cpp (grammar): {theirs.label}", flush=True)
-    return [Row(f"json regex, {len(names)} names, ours {tag} ({theirs.label})", r.throughput,
-                theirs.throughput, None, "names/s") for tag, r in ours.items()]
+    return [
+        Row(
+            f"json regex, {len(names)} names, ours {tag} ({theirs.label})",
+            r.throughput,
+            theirs.throughput,
+            None,
+            "names/s",
+        )
+        for tag, r in ours.items()
+    ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", help="use our running server instead of starting one")
     parser.add_argument("--llama-url", help="use a running llama-server (no -np sweep)")
     parser.add_argument("--np-list", default="1,4,16", help="llama-server -np values to try")

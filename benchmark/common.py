@@ -57,8 +57,14 @@ class ServerProcess:
     log_path: str | None = None
 
     @classmethod
-    def start(cls, cmd: list[str], url: str, log_path: str | None = None,
-              timeout: float = 300.0, env: dict[str, str] | None = None) -> ServerProcess:
+    def start(
+        cls,
+        cmd: list[str],
+        url: str,
+        log_path: str | None = None,
+        timeout: float = 300.0,
+        env: dict[str, str] | None = None,
+    ) -> ServerProcess:
         """Start `cmd` in its own process group and wait for GET {url}/health to answer 200."""
         stop_servers_on_sigterm()
         if log_path is None:
@@ -66,8 +72,14 @@ class ServerProcess:
             os.close(fd)
         print(f"# starting: {' '.join(cmd)}  (log: {log_path})", flush=True)
         log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=str(REPO_ROOT), env=env)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=str(REPO_ROOT),
+            env=env,
+        )
         server = cls(proc, url, log_path)
         try:
             server.wait_healthy(timeout)
@@ -88,8 +100,9 @@ class ServerProcess:
             except requests.RequestException:
                 pass
             time.sleep(1.0)
-        raise TimeoutError(f"server at {self.url} not healthy after {timeout:.0f}s:\n"
-                           f"{self.log_tail()}")
+        raise TimeoutError(
+            f"server at {self.url} not healthy after {timeout:.0f}s:\n{self.log_tail()}"
+        )
 
     def log_tail(self, n: int = 30) -> str:
         if not self.log_path or not os.path.exists(self.log_path):
@@ -116,19 +129,29 @@ class ServerProcess:
         self.stop()
 
 
-def start_sglang_server(extra_args: Iterable[str] = (), port: int | None = None,
-                        timeout: float = 300.0) -> ServerProcess:
+def start_sglang_server(
+    extra_args: Iterable[str] = (), port: int | None = None, timeout: float = 300.0
+) -> ServerProcess:
     """Start `python -m sglang.launch_server` on a free port with `extra_args`."""
     port = port or free_port()
-    cmd = [sys.executable, "-m", "sglang.launch_server", "--host", "127.0.0.1",
-           "--port", str(port), *extra_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sglang.launch_server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *extra_args,
+    ]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return ServerProcess.start(cmd, f"http://127.0.0.1:{port}", timeout=timeout, env=env)
 
 
-def attach_or_start(url: str | None, extra_args: Iterable[str] = (),
-                    timeout: float = 300.0) -> ServerProcess:
+def attach_or_start(
+    url: str | None, extra_args: Iterable[str] = (), timeout: float = 300.0
+) -> ServerProcess:
     """Use a running server at `url`, or start our own when `url` is None."""
     if url:
         server = ServerProcess(None, url.rstrip("/"))
@@ -182,8 +205,9 @@ def stream_generate(base_url: str, payload: dict[str, Any]) -> tuple[list[float]
     times: list[float] = []
     counts: list[int] = []
     last: dict = {}
-    with _session().post(f"{base_url}/generate", json={**payload, "stream": True},
-                         stream=True, timeout=600) as resp:
+    with _session().post(
+        f"{base_url}/generate", json={**payload, "stream": True}, stream=True, timeout=600
+    ) as resp:
         if resp.status_code != 200:
             raise RuntimeError(f"stream /generate -> {resp.status_code}: {resp.text[:500]}")
         for line in resp.iter_lines():
@@ -232,6 +256,7 @@ def prompt_of_tokens(tokenizer: Any, rng: random.Random, n_tokens: int) -> str:
 
 # ---------------------------------------------------------------- reporting
 
+
 @dataclass
 class Row:
     """One line of a result table: a metric, our figure, the baseline's and a target."""
@@ -256,18 +281,24 @@ def _fmt(x: float | None) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
-def print_table(title: str, rows: list[Row], ours_name: str = "sglang",
-                theirs_name: str = "baseline") -> str:
+def print_table(
+    title: str, rows: list[Row], ours_name: str = "sglang", theirs_name: str = "baseline"
+) -> str:
     """Print (and return) a markdown table of `rows`."""
-    lines = [f"\n## {title}\n",
-             f"| metric | {ours_name} | {theirs_name} | ratio | target | meets |",
-             "|---|---:|---:|---:|---:|:---:|"]
+    lines = [
+        f"\n## {title}\n",
+        f"| metric | {ours_name} | {theirs_name} | ratio | target | meets |",
+        "|---|---:|---:|---:|---:|:---:|",
+    ]
     for r in rows:
-        meets = "-" if r.target is None or r.ours is None else ("yes" if r.ours >= r.target
-                                                                  else "no")
+        meets = (
+            "-" if r.target is None or r.ours is None else ("yes" if r.ours >= r.target else "no")
+        )
         ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
-        lines.append(f"| {r.metric} ({r.unit}) | {_fmt(r.ours)} | {_fmt(r.theirs)} | {ratio} | "
-                     f"{_fmt(r.target)} | {meets} |")
+        lines.append(
+            f"| {r.metric} ({r.unit}) | {_fmt(r.ours)} | {_fmt(r.theirs)} | {ratio} | "
+            f"{_fmt(r.target)} | {meets} |"
+        )
     text = "\n".join(lines)
     print(text, flush=True)
     return text
@@ -275,5 +306,8 @@ def print_table(title: str, rows: list[Row], ours_name: str = "sglang",
 
 def print_env() -> None:
     """One line on the machine, since figures depend on it."""
-    print(f"# machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, "
-          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"# machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, "
+        f"load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )

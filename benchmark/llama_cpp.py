@@ -45,8 +45,20 @@ def _fetch_sdist() -> Path:
     SDIST_DIR.mkdir(parents=True, exist_ok=True)
     found = sorted(SDIST_DIR.glob("llama_cpp_python-*.tar.gz"))
     if not found:
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-              "llama-cpp-python", "-d", str(SDIST_DIR)])
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "llama-cpp-python",
+                "-d",
+                str(SDIST_DIR),
+            ]
+        )
         found = sorted(SDIST_DIR.glob("llama_cpp_python-*.tar.gz"))
     if not found:
         raise RuntimeError(f"pip download left no llama_cpp_python sdist in {SDIST_DIR}")
@@ -76,32 +88,69 @@ def build(jobs: int = 2) -> Path:
         return existing
     src = _unpack(_fetch_sdist())
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    _run(["cmake", "-S", str(src), "-B", str(BUILD_DIR), *generator,
-          "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON",
-          "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF"])
-    _run(["cmake", "--build", str(BUILD_DIR), "--config", "Release",
-          "--target", "llama-server", "-j", str(jobs)])
+    _run(
+        [
+            "cmake",
+            "-S",
+            str(src),
+            "-B",
+            str(BUILD_DIR),
+            *generator,
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DLLAMA_CURL=OFF",
+            "-DGGML_NATIVE=ON",
+            "-DLLAMA_BUILD_TESTS=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=OFF",
+            "-DBUILD_SHARED_LIBS=OFF",
+        ]
+    )
+    _run(
+        [
+            "cmake",
+            "--build",
+            str(BUILD_DIR),
+            "--config",
+            "Release",
+            "--target",
+            "llama-server",
+            "-j",
+            str(jobs),
+        ]
+    )
     built = binary_path()
     if built is None:
         raise RuntimeError(f"build finished but {BINARY} is missing")
     return built
 
 
-def start_llama_server(port: int, extra_args: list[str], model: str | None = None,
-                       log_path: str | None = None, timeout: float = 300.0) -> ServerProcess:
+def start_llama_server(
+    port: int,
+    extra_args: list[str],
+    model: str | None = None,
+    log_path: str | None = None,
+    timeout: float = 300.0,
+) -> ServerProcess:
     """Start llama-server on `port` and wait until its /health answers 200."""
     binary = binary_path()
     if binary is None:
         raise SystemExit("llama-server is not built: run `python benchmark/llama_cpp.py build`")
-    cmd = [str(binary), "-m", model or default_gguf_path(), "--host", "127.0.0.1",
-           "--port", str(port), *extra_args]
-    return ServerProcess.start(cmd, f"http://127.0.0.1:{port}", log_path=log_path,
-                               timeout=timeout)
+    cmd = [
+        str(binary),
+        "-m",
+        model or default_gguf_path(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *extra_args,
+    ]
+    return ServerProcess.start(cmd, f"http://127.0.0.1:{port}", log_path=log_path, timeout=timeout)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_build = sub.add_parser("build", help="build llama-server (idempotent)")
     p_build.add_argument("--jobs", type=int, default=2)

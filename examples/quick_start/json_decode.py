@@ -7,34 +7,9 @@ import argparse
 from enum import Enum
 
 from pydantic import BaseModel
+from readme_examples import character_gen  # the regex example of the seed page
 
 import sglang as sgl
-
-character_regex = (
-    r"""\{\n"""
-    + r"""    "name": "[\w\d\s]{1,16}",\n"""
-    + r"""    "house": "(Gryffindor|Slytherin|Ravenclaw|Hufflepuff)",\n"""
-    + r"""    "blood status": "(Pure-blood|Half-blood|Muggle-born)",\n"""
-    + r"""    "occupation": "(student|teacher|auror|ministry of magic|death eater|order of the phoenix)",\n"""
-    + r"""    "wand": \{\n"""
-    + r"""        "wood": "[\w\d\s]{1,16}",\n"""
-    + r"""        "core": "[\w\d\s]{1,16}",\n"""
-    + r"""        "length": [0-9]{1,2}\.[0-9]{0,2}\n"""
-    + r"""    \},\n"""
-    + r"""    "alive": "(Alive|Deceased)",\n"""
-    + r"""    "patronus": "[\w\d\s]{1,16}",\n"""
-    + r"""    "bogart": "[\w\d\s]{1,16}"\n"""
-    + r"""\}"""
-)
-
-
-@sgl.function
-def character_gen(s, name):
-    s += (
-        name
-        + " is a character in Harry Potter. Please fill in the following information about this character.\n"
-    )
-    s += sgl.gen("json_output", max_tokens=256, regex=character_regex)
 
 
 class Weapon(str, Enum):

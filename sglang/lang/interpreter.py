@@ -122,15 +122,21 @@ class StreamExecutor:
                 self._cond.notify_all()
                 return None
             self._finished_hook_done = True
-        self.backend.end_program(self)  # NOTE: before readers can see this executor idle
+        self._end_program()  # NOTE: before readers can see this executor idle
         return self._next_or_stop()
+
+    def _end_program(self) -> None:
+        try:
+            self.backend.end_program(self)
+        except Exception as e:
+            self.record_error(e)
 
     def _execute_guarded(self, expr: SglExpr) -> None:
         if self.error_ is not None:
             return  # a failed program runs nothing more
         try:
             self._execute(expr)
-        except Exception as e:  # surfaces through error(), get_var() and the program's run()
+        except BaseException as e:  # surfaces through error(), get_var() and the program's run()
             self.record_error(e)
 
     def record_error(self, error: BaseException) -> None:
@@ -155,7 +161,7 @@ class StreamExecutor:
         for child in children:
             child.end()
         if call_hook:
-            self.backend.end_program(self)
+            self._end_program()
 
     @property
     def is_finished(self) -> bool:

@@ -1,7 +1,8 @@
-"""Local HTTP servers that answer in the OpenAI, Anthropic and Gemini wire formats, for tests."""
+"""Fake OpenAI/Anthropic/Gemini HTTP servers (their wire formats) and the backend tests' programs."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional, Union
 from urllib.parse import parse_qs, urlparse
+
+import sglang as sgl
 
 # A fake "token" is a run of non-space characters with the spaces after it.
 _TOKEN = re.compile(r"\S+\s*|\s+")
@@ -481,3 +484,37 @@ class ServedApp:
     def __exit__(self, *exc: Any) -> None:
         self._server.should_exit = True
         self._thread.join()
+
+
+# ------------------------------------------------------------ programs the backend tests share
+
+PNG_1PX = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/iZk9HQAAAABJRU5ErkJggg=="
+)
+
+
+@sgl.function
+def multi_turn_question(s, question_1, question_2):
+    """The seed's first program, unchanged."""
+    s += sgl.system("You are a helpful assistant.")
+    s += sgl.user(question_1)
+    s += sgl.assistant(sgl.gen("answer_1", max_tokens=256))
+    s += sgl.user(question_2)
+    s += sgl.assistant(sgl.gen("answer_2", max_tokens=256))
+
+
+@sgl.function
+def image_qa(s, image_file, question):
+    s += sgl.user(sgl.image(image_file) + question)
+    s += sgl.assistant(sgl.gen("answer", max_tokens=16))
+
+
+def one_turn(question: str = "Hi", **gen_kwargs: Any) -> Any:
+    """A program of one user turn and one assistant gen named "x" with `gen_kwargs`."""
+
+    @sgl.function
+    def program(s):
+        s += sgl.user(question)
+        s += sgl.assistant(sgl.gen("x", **gen_kwargs))
+
+    return program

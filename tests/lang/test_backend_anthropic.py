@@ -9,31 +9,20 @@ from typing import Any, AsyncIterator, Optional
 
 import pytest
 import requests
-from fake_provider_servers import FakeAnthropicServer, ServedApp, apply_limits
+from fake_provider_servers import (
+    PNG_1PX,
+    FakeAnthropicServer,
+    ServedApp,
+    apply_limits,
+    image_qa,
+    multi_turn_question,
+    one_turn,
+)
 
 import sglang as sgl
 from sglang.lang.backend.anthropic import Anthropic
 
 anthropic = pytest.importorskip("anthropic")
-
-PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/iZk9HQAAAABJRU5ErkJggg=="
-)
-
-
-@sgl.function
-def multi_turn_question(s, question_1, question_2):
-    s += sgl.system("You are a helpful assistant.")
-    s += sgl.user(question_1)
-    s += sgl.assistant(sgl.gen("answer_1", max_tokens=256))
-    s += sgl.user(question_2)
-    s += sgl.assistant(sgl.gen("answer_2", max_tokens=256))
-
-
-@sgl.function
-def image_qa(s, image_file, question):
-    s += sgl.user(sgl.image(image_file) + question)
-    s += sgl.assistant(sgl.gen("answer", max_tokens=16))
 
 
 # ------------------------------------------------------------- the backend, on a fake Anthropic
@@ -69,10 +58,7 @@ def test_multi_turn_maps_system_roles_and_params(fake, backend):
 def test_stop_sequences_top_p_top_k(fake, backend):
     fake.replies = ["alpha beta\ngamma"]
 
-    @sgl.function
-    def prog(s):
-        s += sgl.user("Go")
-        s += sgl.assistant(sgl.gen("x", max_tokens=8, stop="\n", top_p=0.9, top_k=7))
+    prog = one_turn("Go", max_tokens=8, stop="\n", top_p=0.9, top_k=7)
 
     state = prog.run(backend=backend)
     assert state["x"] == "alpha beta"
@@ -84,13 +70,13 @@ def test_stop_sequences_top_p_top_k(fake, backend):
 
 def test_image_becomes_base64_block(fake, backend, tmp_path):
     path = tmp_path / "dot.png"
-    path.write_bytes(PNG)
+    path.write_bytes(PNG_1PX)
     state = image_qa.run(image_file=str(path), question="What color?", backend=backend)
     assert state.error() is None
     content = fake.bodies()[-1]["messages"][0]["content"]
     image = next(b for b in content if b["type"] == "image")
     assert image["source"]["media_type"] == "image/png"
-    assert base64.b64decode(image["source"]["data"]) == PNG
+    assert base64.b64decode(image["source"]["data"]) == PNG_1PX
     assert {"type": "text", "text": "What color?"} in content
 
 
@@ -111,10 +97,7 @@ def test_text_before_gen_is_a_prefill(fake, backend):
 def test_streaming(fake, backend):
     fake.replies = ["one two three four five"]
 
-    @sgl.function
-    def prog(s):
-        s += sgl.user("Count")
-        s += sgl.assistant(sgl.gen("x", max_tokens=3))
+    prog = one_turn("Count", max_tokens=3)
 
     state = prog.run(backend=backend, stream=True)
     assert "".join(state.text_iter("x")) == "one two three "
@@ -128,10 +111,7 @@ def test_token_usage_and_retries(fake, backend):
     fake.fail_next = [(429, "rate limited"), (429, "rate limited")]
     fake.replies = ["a b c"]
 
-    @sgl.function
-    def prog(s):
-        s += sgl.user("one two")
-        s += sgl.assistant(sgl.gen("x", max_tokens=8))
+    prog = one_turn("one two", max_tokens=8)
 
     state = prog.run(backend=backend)
     assert state["x"] == "a b c"
@@ -150,17 +130,12 @@ def test_api_error_surfaces_with_provider_message(fake, backend):
 
 
 def test_unsupported_params_are_rejected(fake, backend):
-    @sgl.function
-    def prog(s, **gen_kwargs):
-        s += sgl.user("Hi")
-        s += sgl.assistant(sgl.gen("x", **gen_kwargs))
-
     for kwargs, name in (
         ({"regex": "[0-9]+"}, "regex"),
         ({"frequency_penalty": 0.5}, "frequency_penalty"),
         ({"n": 2}, "n"),
     ):
-        error = prog.run(backend=backend, **kwargs).error()
+        error = one_turn(**kwargs).run(backend=backend).error()
         assert isinstance(error, ValueError) and name in str(error)
     assert fake.requests == []
 
@@ -333,7 +308,7 @@ def test_route_raw_sse_sequence(route):
 
 def test_route_prefill_and_images(route, client):
     _, tm = route
-    data = base64.b64encode(PNG).decode()
+    data = base64.b64encode(PNG_1PX).decode()
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}}
     msg = client.messages.create(
         model="m",
@@ -447,10 +422,7 @@ def test_backend_on_our_server(server_url):
 def test_backend_streams_on_our_server(server_url):
     backend = Anthropic("default", base_url=server_url)
 
-    @sgl.function
-    def prog(s):
-        s += sgl.user("Count from one to ten.")
-        s += sgl.assistant(sgl.gen("x", max_tokens=8))
+    prog = one_turn("Count from one to ten.", max_tokens=8)
 
     state = prog.run(backend=backend, stream=True, temperature=0)
     streamed = "".join(state.text_iter("x"))

@@ -7,27 +7,13 @@ import os
 import sys
 
 import pytest
-from fake_provider_servers import FakeOpenAIServer
+from fake_provider_servers import PNG_1PX, FakeOpenAIServer, image_qa, multi_turn_question, one_turn
 
-import sglang as sgl
 from sglang.lang.backend.litellm import LiteLLM
 
 # NOTE: without this litellm fetches its model price list from the internet on import.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 litellm = pytest.importorskip("litellm")
-
-PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/iZk9HQAAAABJRU5ErkJggg=="
-)
-
-
-@sgl.function
-def multi_turn_question(s, question_1, question_2):
-    s += sgl.system("You are a helpful assistant.")
-    s += sgl.user(question_1)
-    s += sgl.assistant(sgl.gen("answer_1", max_tokens=256))
-    s += sgl.user(question_2)
-    s += sgl.assistant(sgl.gen("answer_2", max_tokens=256))
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +50,7 @@ def test_seed_program(fake, backend):
 def test_parameters_and_stop(fake, backend):
     fake.replies = ["alpha beta\ngamma"]
 
-    @sgl.function
-    def prog(s):
-        s += sgl.user("Go")
-        s += sgl.assistant(
-            sgl.gen("x", max_tokens=5, stop="\n", temperature=0.1, top_p=0.7, presence_penalty=0.2)
-        )
+    prog = one_turn("Go", max_tokens=5, stop="\n", temperature=0.1, top_p=0.7, presence_penalty=0.2)
 
     state = prog.run(backend=backend)
     assert state["x"] == "alpha beta"
@@ -89,10 +70,7 @@ def test_parameters_and_stop(fake, backend):
 def test_streaming(fake, backend):
     fake.replies = ["one two three four five"]
 
-    @sgl.function
-    def prog(s):
-        s += sgl.user("count")
-        s += sgl.assistant(sgl.gen("x", max_tokens=4))
+    prog = one_turn("count", max_tokens=4)
 
     state = prog.run(backend=backend, stream=True)
     assert "".join(state.text_iter("x")) == "one two three four "
@@ -104,17 +82,12 @@ def test_streaming(fake, backend):
 
 def test_image_passes_as_image_url(fake, backend, tmp_path):
     path = tmp_path / "dot.png"
-    path.write_bytes(PNG)
-
-    @sgl.function
-    def image_qa(s, image_file, question):
-        s += sgl.user(sgl.image(image_file) + question)
-        s += sgl.assistant(sgl.gen("answer", max_tokens=16))
+    path.write_bytes(PNG_1PX)
 
     image_qa.run(image_file=str(path), question="Color?", backend=backend).sync()
     content = fake.bodies()[-1]["messages"][0]["content"]
     url = next(p["image_url"]["url"] for p in content if p["type"] == "image_url")
-    assert base64.b64decode(url.split(",", 1)[1]) == PNG
+    assert base64.b64decode(url.split(",", 1)[1]) == PNG_1PX
     assert {"type": "text", "text": "Color?"} in content
 
 
@@ -134,10 +107,7 @@ def test_api_error_surfaces(fake, backend):
 
 
 def test_unsupported_params_are_rejected(fake, backend):
-    @sgl.function
-    def prog(s):
-        s += sgl.user("Hi")
-        s += sgl.assistant(sgl.gen("x", regex="[0-9]+"))
+    prog = one_turn("Hi", regex="[0-9]+")
 
     error = prog.run(backend=backend).error()
     assert isinstance(error, ValueError) and "regex" in str(error)

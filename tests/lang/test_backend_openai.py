@@ -7,25 +7,12 @@ import json
 import sys
 
 import pytest
-from fake_provider_servers import FakeOpenAIServer
+from fake_provider_servers import PNG_1PX, FakeOpenAIServer, image_qa, multi_turn_question, one_turn
 
 import sglang as sgl
 from sglang.lang.backend.openai import OpenAI, is_completion_model, is_reasoning_model
 
 openai = pytest.importorskip("openai")
-
-PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/iZk9HQAAAABJRU5ErkJggg=="
-)
-
-
-@sgl.function
-def multi_turn_question(s, question_1, question_2):
-    s += sgl.system("You are a helpful assistant.")
-    s += sgl.user(question_1)
-    s += sgl.assistant(sgl.gen("answer_1", max_tokens=256))
-    s += sgl.user(question_2)
-    s += sgl.assistant(sgl.gen("answer_2", max_tokens=256))
 
 
 @sgl.function(num_api_spec_tokens=64)
@@ -103,20 +90,15 @@ def test_chat_model_gets_messages(fake):
 def test_parameters_are_mapped(fake):
     backend = chat_backend(fake)
 
-    @sgl.function
-    def prog(s):
-        s += sgl.user("Hi")
-        s += sgl.assistant(
-            sgl.gen(
-                "x",
-                max_tokens=7,
-                stop=["\n", "END"],
-                temperature=0.2,
-                top_p=0.5,
-                frequency_penalty=0.3,
-                presence_penalty=0.4,
-            )
-        )
+    prog = one_turn(
+        "Hi",
+        max_tokens=7,
+        stop=["\n", "END"],
+        temperature=0.2,
+        top_p=0.5,
+        frequency_penalty=0.3,
+        presence_penalty=0.4,
+    )
 
     prog.run(backend=backend).sync()
     body = fake.bodies()[-1]
@@ -138,10 +120,7 @@ def test_n_returns_a_list(fake):
     fake.replies = ["first", "second"]
     backend = chat_backend(fake)
 
-    @sgl.function
-    def prog(s):
-        s += sgl.user("Hi")
-        s += sgl.assistant(sgl.gen("x", n=2, max_tokens=4))
+    prog = one_turn("Hi", n=2, max_tokens=4)
 
     state = prog.run(backend=backend)
     assert state["x"] == ["first", "second"]
@@ -153,10 +132,7 @@ def test_json_schema_becomes_response_format(fake):
     backend = chat_backend(fake)
     schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
 
-    @sgl.function
-    def prog(s):
-        s += sgl.user("A name as JSON")
-        s += sgl.assistant(sgl.gen("x", max_tokens=16, json_schema=schema))
+    prog = one_turn("A name as JSON", max_tokens=16, json_schema=schema)
 
     state = prog.run(backend=backend)
     assert json.loads(state["x"]) == {"name": "Ada"}
@@ -167,18 +143,13 @@ def test_json_schema_becomes_response_format(fake):
 def test_regex_and_other_local_features_are_rejected(fake):
     backend = chat_backend(fake)
 
-    @sgl.function
-    def prog(s, **gen_kwargs):
-        s += sgl.user("Hi")
-        s += sgl.assistant(sgl.gen("x", **gen_kwargs))
-
     for kwargs, name in (
         ({"regex": r"\d+"}, "regex"),
         ({"top_k": 5}, "top_k"),
         ({"min_p": 0.1}, "min_p"),
         ({"stop_token_ids": [2]}, "stop_token_ids"),
     ):
-        error = prog.run(backend=backend, **kwargs).error()
+        error = one_turn(**kwargs).run(backend=backend).error()
         assert isinstance(error, ValueError) and name in str(error), (name, error)
     assert fake.requests == []
 
@@ -217,10 +188,7 @@ def test_streaming_and_usage(fake):
     fake.replies = ["one two three four"]
     backend = chat_backend(fake)
 
-    @sgl.function
-    def prog(s):
-        s += sgl.user("count please")
-        s += sgl.assistant(sgl.gen("x", max_tokens=10))
+    prog = one_turn("count please", max_tokens=10)
 
     state = prog.run(backend=backend, stream=True)
     assert "".join(state.text_iter("x")) == "one two three four"
@@ -284,18 +252,13 @@ def test_api_error_carries_the_provider_message(fake):
 
 def test_image_reaches_the_api_as_image_url(fake, tmp_path):
     path = tmp_path / "dot.png"
-    path.write_bytes(PNG)
-
-    @sgl.function
-    def image_qa(s, image_file, question):
-        s += sgl.user(sgl.image(image_file) + question)
-        s += sgl.assistant(sgl.gen("answer", max_tokens=16))
+    path.write_bytes(PNG_1PX)
 
     image_qa.run(image_file=str(path), question="Color?", backend=chat_backend(fake)).sync()
     content = fake.bodies()[-1]["messages"][0]["content"]
     url = next(p["image_url"]["url"] for p in content if p["type"] == "image_url")
     assert url.startswith("data:image/png;base64,")
-    assert base64.b64decode(url.split(",", 1)[1]) == PNG
+    assert base64.b64decode(url.split(",", 1)[1]) == PNG_1PX
     assert {"type": "text", "text": "Color?"} in content
 
 
@@ -304,10 +267,7 @@ def test_logprobs_are_returned(fake):
     fake.token_logprob = lambda token: -0.5 if token.startswith("yes") else -1.5
     backend = chat_backend(fake)
 
-    @sgl.function
-    def prog(s):
-        s += sgl.user("?")
-        s += sgl.assistant(sgl.gen("x", max_tokens=4, return_logprob=True, top_logprobs_num=1))
+    prog = one_turn("?", max_tokens=4, return_logprob=True, top_logprobs_num=1)
 
     state = prog.run(backend=backend)
     meta = state.get_meta_info("x")
@@ -425,10 +385,7 @@ def test_seed_program_on_our_server(server_url):
 def test_chat_streaming_matches_on_our_server(server_url):
     backend = OpenAI("default", base_url=server_url + "/v1")
 
-    @sgl.function
-    def prog(s):
-        s += sgl.user("Count from one to five.")
-        s += sgl.assistant(sgl.gen("x", max_tokens=8))
+    prog = one_turn("Count from one to five.", max_tokens=8)
 
     streamed = prog.run(backend=backend, stream=True, temperature=0)
     text = "".join(streamed.text_iter("x"))

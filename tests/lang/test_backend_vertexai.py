@@ -7,27 +7,14 @@ import json
 import sys
 
 import pytest
-from fake_provider_servers import FakeGeminiServer
+from fake_provider_servers import PNG_1PX, FakeGeminiServer, image_qa, multi_turn_question, one_turn
 
-import sglang as sgl
 from sglang.lang.backend.vertexai import VertexAI
 
 genai_types = pytest.importorskip("google.genai.types")
 genai_errors = pytest.importorskip("google.genai.errors")
 
-PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/iZk9HQAAAABJRU5ErkJggg=="
-)
 _ENV = ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION")
-
-
-@sgl.function
-def multi_turn_question(s, question_1, question_2):
-    s += sgl.system("You are a helpful assistant.")
-    s += sgl.user(question_1)
-    s += sgl.assistant(sgl.gen("answer_1", max_tokens=256))
-    s += sgl.user(question_2)
-    s += sgl.assistant(sgl.gen("answer_2", max_tokens=256))
 
 
 @pytest.fixture(autouse=True)
@@ -67,12 +54,7 @@ def test_generation_config(fake, monkeypatch):
     monkeypatch.setenv("GOOGLE_API_KEY", "k")
     fake.replies = ["alpha beta\ngamma", "second"]
 
-    @sgl.function
-    def prog(s):
-        s += sgl.user("Go")
-        s += sgl.assistant(
-            sgl.gen("x", max_tokens=9, stop="\n", temperature=0.3, top_p=0.8, top_k=4, n=2)
-        )
+    prog = one_turn("Go", max_tokens=9, stop="\n", temperature=0.3, top_p=0.8, top_k=4, n=2)
 
     state = prog.run(backend=gemini(fake))
     assert state["x"] == ["alpha beta", "second"]
@@ -92,10 +74,7 @@ def test_finish_reasons_and_usage(fake, monkeypatch):
     fake.replies = ["one two three four"]
     backend = gemini(fake)
 
-    @sgl.function
-    def prog(s):
-        s += sgl.user("count with me")
-        s += sgl.assistant(sgl.gen("x", max_tokens=2))
+    prog = one_turn("count with me", max_tokens=2)
 
     state = prog.run(backend=backend)
     assert state["x"] == "one two "
@@ -110,10 +89,7 @@ def test_streaming_uses_sse(fake, monkeypatch):
     fake.replies = ["one two three four five"]
     backend = gemini(fake)
 
-    @sgl.function
-    def prog(s):
-        s += sgl.user("count")
-        s += sgl.assistant(sgl.gen("x", max_tokens=50))
+    prog = one_turn("count", max_tokens=50)
 
     state = prog.run(backend=backend, stream=True)
     assert "".join(state.text_iter("x")) == "one two three four five"
@@ -127,18 +103,13 @@ def test_streaming_uses_sse(fake, monkeypatch):
 def test_image_is_an_inline_data_part(fake, monkeypatch, tmp_path):
     monkeypatch.setenv("GOOGLE_API_KEY", "k")
     path = tmp_path / "dot.png"
-    path.write_bytes(PNG)
-
-    @sgl.function
-    def image_qa(s, image_file, question):
-        s += sgl.user(sgl.image(image_file) + question)
-        s += sgl.assistant(sgl.gen("answer", max_tokens=16))
+    path.write_bytes(PNG_1PX)
 
     image_qa.run(image_file=str(path), question="Color?", backend=gemini(fake)).sync()
     parts = fake.requests[-1].body["contents"][0]["parts"]
     inline = next(p["inlineData"] for p in parts if "inlineData" in p)
     assert inline["mime_type"] == "image/png"
-    assert base64.urlsafe_b64decode(inline["data"]) == PNG
+    assert base64.urlsafe_b64decode(inline["data"]) == PNG_1PX
     assert {"text": "Color?"} in parts
 
 
@@ -147,10 +118,7 @@ def test_json_schema(fake, monkeypatch):
     fake.replies = ['{"n": 3}']
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
 
-    @sgl.function
-    def prog(s):
-        s += sgl.user("A number as JSON")
-        s += sgl.assistant(sgl.gen("x", max_tokens=8, json_schema=schema))
+    prog = one_turn("A number as JSON", max_tokens=8, json_schema=schema)
 
     state = prog.run(backend=gemini(fake))
     assert json.loads(state["x"]) == {"n": 3}
@@ -200,10 +168,7 @@ def test_connection_errors_are_retryable(monkeypatch):
 def test_unsupported_params_are_rejected(fake, monkeypatch):
     monkeypatch.setenv("GOOGLE_API_KEY", "k")
 
-    @sgl.function
-    def prog(s):
-        s += sgl.user("Hi")
-        s += sgl.assistant(sgl.gen("x", regex="[a-z]+"))
+    prog = one_turn("Hi", regex="[a-z]+")
 
     error = prog.run(backend=gemini(fake)).error()
     assert isinstance(error, ValueError) and "regex" in str(error)

@@ -357,6 +357,20 @@ def test_end_program_is_called_once_when_the_program_finishes() -> None:
     assert state.stream_executor.is_finished
 
 
+def test_a_failing_end_of_program_hook_is_recorded_not_hung_on() -> None:
+    class Failing(ScriptedBackend):
+        def end_program(self, s) -> None:
+            raise OSError("cleanup failed")
+
+    @sgl.function
+    def prog(s):
+        s += sgl.gen("a")
+
+    state = prog.run(backend=Failing())
+    assert state["a"] == "gen"
+    assert isinstance(state.error(), OSError)
+
+
 # ---------------------------------------------------------------- streaming
 
 

@@ -103,17 +103,14 @@ def test_prefill_batch_of_different_lengths(tiny):
 
 def test_extend_on_a_cached_prefix(tiny):
     runner, ref = tiny
-    a, b = random_ids(20, 3), random_ids(9, 4)
+    a, b, c = random_ids(20, 3), random_ids(9, 4), random_ids(8, 13)
     driver = Driver(runner)
-    driver.extend({"a": a[:12]})
-    # "a" continues on its cached prefix while "b" starts fresh in the same pass
-    out = driver.extend({"b": b, "a": a[12:]})
-    torch.testing.assert_close(
-        out.next_token_logits[0], reference_logits(ref, b)[-1], atol=1e-4, rtol=1e-4
-    )
-    torch.testing.assert_close(
-        out.next_token_logits[1], reference_logits(ref, a)[-1], atol=1e-4, rtol=1e-4
-    )
+    driver.extend({"a": a[:12], "c": c[:7]})
+    # in one pass: "b" starts fresh, "a" adds 8 tokens to its cached prefix, "c" adds one
+    out = driver.extend({"b": b, "a": a[12:], "c": c[7:]})
+    for i, ids in enumerate([b, a, c]):
+        expected = reference_logits(ref, ids)[-1]
+        torch.testing.assert_close(out.next_token_logits[i], expected, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("chunk_tokens", [4096, 30])  # 30: requests split over several chunks

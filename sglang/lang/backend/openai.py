@@ -189,10 +189,6 @@ def content_parts(content: Union[str, list[dict[str, Any]]]) -> list[Union[str, 
     return parts
 
 
-def message_text(content: Union[str, list[dict[str, Any]]]) -> str:
-    return "".join(p for p in content_parts(content) if isinstance(p, str))
-
-
 def _role_prefix(template: ChatTemplate, role: str) -> str:
     prefixes = getattr(template, "role_prefix_and_suffix", {}) or {}
     return (prefixes.get(role) or ("", ""))[0]

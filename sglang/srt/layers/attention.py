@@ -43,9 +43,7 @@ class DecodeChunk:
 
     lo: int
     hi: int
-    head_rows: (
-        torch.Tensor
-    )  # [(hi - lo) * Hkv * L] int64 rows of k_buffer.view(-1, D); pad -> slot 0
+    slots: torch.Tensor  # [(hi - lo) * L] int64 KV slots, row-major; padding reads slot 0
     bias: torch.Tensor  # [hi - lo, 1, 1, L] float32: 0 inside a sequence, -inf past its end
 
 
@@ -55,8 +53,10 @@ class ExtendSpan:
 
     start: int  # offset of its first new token in the pass
     num_new: int
-    kv_slots: Optional[torch.Tensor]  # [L] int64 slots of the whole sequence; None: no prefix
-    mask: Optional[torch.Tensor]  # [num_new, L] bool, True = may attend; None: plain causal
+    # [L] int64 slots of the whole sequence; None: no prefix, plain causal over the new tokens
+    kv_slots: Optional[torch.Tensor]
+    # [num_new, L] bool, True = may attend; None: no mask (no prefix, or a single new token)
+    mask: Optional[torch.Tensor]
 
 
 @dataclass
@@ -77,7 +77,6 @@ class TorchNativeAttnBackend:
 
     def __init__(self, kv_pool: MHATokenToKVPool) -> None:
         self.kv_pool = kv_pool
-        self.num_kv_heads = kv_pool.k_buffer[0].shape[1]
 
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         fb = forward_batch
@@ -113,22 +112,21 @@ class TorchNativeAttnBackend:
         width = max(fb.seq_lens_cpu[lo:hi])
         positions = torch.arange(width, device=slots.device)
         inside = positions[None, :] < fb.seq_lens[lo:hi, None]  # [n, L]
-        chunk_slots = slots[lo:hi, :width].masked_fill(~inside, 0)  # padded reads hit slot 0
-        heads = torch.arange(self.num_kv_heads, device=slots.device)
-        head_rows = (chunk_slots * self.num_kv_heads)[:, None, :] + heads[None, :, None]
+        chunk_slots = slots[lo:hi, :width].masked_fill(~inside, 0)
         bias = torch.zeros(inside.shape, dtype=torch.float32, device=slots.device)
         bias = bias.masked_fill(~inside, float("-inf"))[:, None, None, :]
-        return DecodeChunk(lo, hi, head_rows.reshape(-1), bias)
+        return DecodeChunk(lo, hi, chunk_slots.reshape(-1), bias)
 
     def _decode(self, q: torch.Tensor, layer: Attention, chunk: DecodeChunk) -> torch.Tensor:
         # One padded gather + two batched matmuls; K/V heads are shared by q-head groups
         # without repeating them. The CPU SDPA kernel is several times slower at these shapes.
         k_buf, v_buf = self.kv_pool.get_kv_buffer(layer.layer_id)
-        batch, dim, width = q.shape[0], layer.head_dim, chunk.bias.shape[-1]
-        shape = (batch, layer.num_kv_heads, width, dim)
-        keys = k_buf.view(-1, dim).index_select(0, chunk.head_rows).view(shape)
-        values = v_buf.view(-1, dim).index_select(0, chunk.head_rows).view(shape)
-        q = q.view(batch, layer.num_kv_heads, -1, dim)  # [b, Hkv, G, D]
+        batch, width = q.shape[0], chunk.bias.shape[-1]
+        shape = (batch, width, layer.num_kv_heads, layer.head_dim)
+        # Whole-token rows gather faster than per-head rows, even with the head-major copy after.
+        keys = k_buf.index_select(0, chunk.slots).view(shape).transpose(1, 2).contiguous()
+        values = v_buf.index_select(0, chunk.slots).view(shape).transpose(1, 2).contiguous()
+        q = q.view(batch, layer.num_kv_heads, -1, layer.head_dim)  # [b, Hkv, G, D]
         scores = torch.matmul(q, keys.transpose(-1, -2))  # [b, Hkv, G, L]
         # fp32 softmax: bias + scaling * scores promotes to float32 in one op
         probs = torch.add(chunk.bias, scores, alpha=layer.scaling).softmax(-1).to(q.dtype)
@@ -148,14 +146,15 @@ class TorchNativeAttnBackend:
             new = slice(span.start, span.start + span.num_new)
             if span.kv_slots is None:
                 keys, values = k[new], v[new]
-            else:
-                keys, values = k_buf[span.kv_slots], v_buf[span.kv_slots]  # [L, Hkv, D]
+            else:  # index_select: advanced indexing is tens of times slower here on CPU
+                keys = k_buf.index_select(0, span.kv_slots)  # [L, Hkv, D]
+                values = v_buf.index_select(0, span.kv_slots)
             o = F.scaled_dot_product_attention(
                 q[new].transpose(0, 1).unsqueeze(0),  # [1, H, n, D]
                 keys.transpose(0, 1).unsqueeze(0),  # [1, Hkv, L, D]
                 values.transpose(0, 1).unsqueeze(0),
                 attn_mask=span.mask,
-                is_causal=span.mask is None,
+                is_causal=span.kv_slots is None,
                 scale=layer.scaling,
                 enable_gqa=True,
             )
@@ -166,10 +165,12 @@ class TorchNativeAttnBackend:
 def _extend_spans(fb: ForwardBatch, slots: torch.Tensor) -> list[ExtendSpan]:
     spans, start = [], 0
     for i, (num_new, prefix) in enumerate(zip(fb.extend_seq_lens_cpu, fb.extend_prefix_lens_cpu)):
+        total = prefix + num_new
         if prefix == 0:
             spans.append(ExtendSpan(start, num_new, None, None))
+        elif num_new == 1:
+            spans.append(ExtendSpan(start, num_new, slots[i, :total], None))
         else:
-            total = prefix + num_new
             keys = torch.arange(total, device=slots.device)
             queries = torch.arange(prefix, total, device=slots.device)
             mask = keys[None, :] <= queries[:, None]  # [n, L]: the prefix and earlier new tokens

@@ -658,7 +658,7 @@ def _event_loop(scheduler: Scheduler, recv: zmq.Socket, send: zmq.Socket, parent
         timeout = 0 if scheduler.has_work() else 1000
         if poller.poll(timeout):
             _drain(scheduler, recv, send)
-        elif os.getppid() != parent:
+        if os.getppid() != parent:  # a cheap syscall; no orphan keeps computing
             logger.info("parent process exited; scheduler stops")
             return
         if not scheduler.has_work() and not scheduler.stats.pending_outputs:

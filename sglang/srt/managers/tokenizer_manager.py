@@ -102,9 +102,11 @@ class TokenizerManager:
     ) -> None:
         self.server_args = server_args
         self.port_args = port_args
-        self.model_path: str = server_args.model_path or resolved_model_path or ""
+        self.model_path: str = server_args.model_path or _default_model_display_path()
         self.tokenizer_path: str = server_args.tokenizer_path or resolved_model_path or ""
-        self.served_model_name: str = server_args.served_model_name or self.model_path
+        self.served_model_name: str = server_args.served_model_name or _display_name(
+            server_args.model_path
+        )
         self.scheduler_process = scheduler_process
         self.tokenizer = load_tokenizer(self.tokenizer_path, server_args.trust_remote_code)
         self._template_override = load_chat_template(server_args.chat_template)
@@ -740,3 +742,18 @@ def _version() -> str:
         return version("sglang")
     except Exception:  # not installed as a distribution (running from the source tree)
         return "0.1.0"
+
+
+def _default_model_display_path() -> str:
+    from sglang.srt.model_loader.default_model import default_model_file
+
+    return default_model_file()
+
+
+def _display_name(model_path: Optional[str]) -> str:
+    """The name /v1/models shows: the path as given; the default model by its own name."""
+    if model_path is None:
+        from sglang.srt.model_loader.default_model import DEFAULT_MODEL_NAME
+
+        return DEFAULT_MODEL_NAME
+    return model_path
