@@ -1,11 +1,12 @@
 """ModelRunner.forward alone: prefill and decode throughput, and where one decode step's time goes.
 
-    python benchmark/bench_forward.py [--model-path PATH] [--dtype bfloat16] [--threads 2]
+    PYTHONPATH=. python benchmark/bench_forward.py [--model-path PATH] [--dtype bfloat16] [--threads 2]
 
-Times are medians of wall clock per pass; "cpu" is this process's CPU time over the same pass,
-a better guide than wall time when other processes share the cores (with one thread it stays
-close to the wall time an idle machine would show). Decode runs over a synthetic context (KV slots allocated, not computed): attention costs the
-same whatever the cached values are, and filling 64 x 300 tokens by prefill would dominate.
+Times are medians of wall clock per pass; "cpu" is this process's CPU time over the same passes,
+a steadier guide than wall time when other processes share the cores (with one thread it stays
+close to what an idle machine would show). Decode runs over a synthetic context (KV slots
+allocated, not computed): attention costs the same whatever the cached values are, and filling
+64 x 300 tokens by prefill first would dominate the run. Findings: docs/profile-decode.md.
 """
 
 from __future__ import annotations

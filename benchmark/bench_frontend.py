@@ -16,7 +16,8 @@ from typing import Any, Callable, Optional
 
 import requests
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # sglang, uninstalled
+# sglang from this checkout, without installing it
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sglang as sgl  # noqa: E402
 from sglang.lang.backend.base import BaseBackend  # noqa: E402
 

@@ -75,7 +75,7 @@ class StreamExecutor:
         self.meta_info: dict[str, Any] = {}
         self.error_: Optional[BaseException] = None
 
-        self._turn_start = 0  # where the open role's content starts in text_
+        self.cur_role_begin_pos = 0  # where the open role's content starts in text_
         # (start, end, data URL) of each image in the open turn
         self._turn_images: list[tuple[int, int, str]] = []
         self._scope_starts: dict[str, int] = {}
@@ -228,7 +228,7 @@ class StreamExecutor:
             list(self.cur_images),
         )
         c.variables, c.meta_info = dict(self.variables), dict(self.meta_info)
-        c._turn_start, c._turn_images = self._turn_start, list(self._turn_images)
+        c.cur_role_begin_pos, c._turn_images = self.cur_role_begin_pos, list(self._turn_images)
         c._scope_starts = dict(self._scope_starts)
         c.owner_ident = self.owner_ident
         return c
@@ -334,7 +334,7 @@ class StreamExecutor:
         prefix, _ = self.chat_template.get_prefix_and_suffix(expr.role, self.messages_)
         self._fill(prefix)
         self.cur_role = expr.role
-        self._turn_start = len(self.text_)
+        self.cur_role_begin_pos = len(self.text_)
         self._turn_images = []
 
     def _role_end(self, expr: SglRoleEnd) -> None:
@@ -350,9 +350,9 @@ class StreamExecutor:
         """The open turn's content: a string, or text and image_url parts in order."""
         end = len(self.text_)
         if not self._turn_images:
-            return self.text_[self._turn_start : end]
+            return self.text_[self.cur_role_begin_pos : end]
         parts: list[dict[str, Any]] = []
-        cursor = self._turn_start
+        cursor = self.cur_role_begin_pos
         for start, stop, url in self._turn_images:
             if start > cursor:
                 parts.append({"type": "text", "text": self.text_[cursor:start]})

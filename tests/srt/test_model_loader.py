@@ -187,6 +187,12 @@ def test_config_defaults_and_overrides(tmp_path):
     assert ModelConfig.from_path(path).dtype == torch.bfloat16  # auto
 
 
+def test_config_without_a_decoder_shape_is_named(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlavaForCausalLM"]}))
+    with pytest.raises(ValueError, match="hidden_size"):
+        ModelConfig.from_path(str(tmp_path))
+
+
 def test_bad_dtype_is_named(tmp_path):
     with pytest.raises(ValueError, match="float8"):
         ModelConfig.from_path(_write_config(tmp_path), dtype="float8")

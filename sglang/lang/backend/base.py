@@ -23,6 +23,7 @@ class BaseBackend:
       s.cur_images   images appended since the last generation: list of (path_or_None, base64_str)
       s.images_      every image of the program so far, same format
       s.cur_role     the role whose turn is open ("system" | "user" | "assistant" | None)
+      s.cur_role_begin_pos  index in s.text_ where the open role's content begins
       s.sid          a unique id of this state (forks get their own)
       s.num_api_spec_tokens  set by @function(num_api_spec_tokens=N), else None
     """

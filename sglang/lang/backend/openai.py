@@ -189,11 +189,6 @@ def content_parts(content: Union[str, list[dict[str, Any]]]) -> list[Union[str, 
     return parts
 
 
-def _role_prefix(template: ChatTemplate, role: str) -> str:
-    prefixes = getattr(template, "role_prefix_and_suffix", {}) or {}
-    return (prefixes.get(role) or ("", ""))[0]
-
-
 @dataclass
 class ChatView:
     """A program state as a chat API sees it.
@@ -443,12 +438,7 @@ class ApiModelBackend(BaseBackend):
         return {"role": "user", "content": content}
 
     def _open_turn_text(self, s: "StreamExecutor") -> str:
-        begin = getattr(s, "cur_role_begin_pos", None)
-        if begin is None:
-            prefix = _role_prefix(self.chat_template, "assistant")
-            pos = s.text_.rfind(prefix) if prefix else -1
-            begin = pos + len(prefix) if pos >= 0 else len(s.text_)
-        return s.text_[begin:]
+        return s.text_[s.cur_role_begin_pos :]
 
     def call_with_usage(self, request: ApiRequest) -> ApiResult:
         result = self.call(request)

@@ -9,6 +9,13 @@ from typing import Any, Optional
 
 import torch
 
+_REQUIRED = (
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_hidden_layers",
+    "vocab_size",
+)
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -46,6 +53,9 @@ class ModelConfig:
         cfg = _read_json(os.path.join(path, "config.json"))
         if cfg is None:
             raise ValueError(f"model path {path!r}: no config.json there")
+        missing = [k for k in _REQUIRED if k not in cfg]
+        if missing:
+            raise ValueError(f"model path {path!r}: config.json lacks {missing}")
         hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
         return cls(
             path=path,
