@@ -391,7 +391,6 @@ def bench_one(args: argparse.Namespace, name: str) -> list[Row]:
             None,
             "%",
         ),
-        Row(f"{name} accuracy", 100 * ours.accuracy, base and 100 * base.accuracy, None, "%"),
     ]
 
 
