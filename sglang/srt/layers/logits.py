@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
+from sglang.srt.layers.linear import linear
 from sglang.srt.model_executor.forward_batch import ForwardBatch, LogitsOutput
 
 # Rows of full-vocab logits materialized at once when scoring input tokens (bounds memory).
@@ -14,13 +17,17 @@ _LOGPROB_CHUNK = 256
 class LogitsProcessor:
     """Projects hidden states to the vocabulary only where a distribution is needed."""
 
+    def __init__(self, packed_lm_head: Optional[torch.Tensor] = None) -> None:
+        # oneDNN-packed lm_head for small batches on CPU (see layers/linear.py), or None
+        self.packed_lm_head = packed_lm_head
+
     def __call__(
         self, hidden: torch.Tensor, lm_head: torch.Tensor, forward_batch: ForwardBatch
     ) -> LogitsOutput:
         # hidden: [T, D], lm_head: [V, D]
         fb = forward_batch
         last = hidden if fb.is_decode else hidden.index_select(0, _last_token_rows(fb))
-        next_token_logits = F.linear(last, lm_head).float()  # [B, V]
+        next_token_logits = linear(last, lm_head, None, self.packed_lm_head).float()  # [B, V]
         if not fb.return_logprob:
             return LogitsOutput(next_token_logits=next_token_logits)
         logprobs, top = _input_logprobs(hidden, lm_head, fb)

@@ -10,6 +10,7 @@ import torch
 
 from sglang.srt.configs.model_config import ModelConfig
 from sglang.srt.layers.attention import TorchNativeAttnBackend
+from sglang.srt.layers.linear import pack_linears, pack_weight
 from sglang.srt.layers.logits import LogitsProcessor
 from sglang.srt.mem_cache.memory_pool import (
     MHATokenToKVPool,
@@ -49,7 +50,10 @@ class ModelRunner:
         )
         self.dtype = self.model_config.dtype
         self.model = load_model(self.model_config, self.device)
-        self.logits_processor = LogitsProcessor()
+        packed = pack_linears(self.model)
+        self.logits_processor = LogitsProcessor(pack_weight(self.model.lm_head_weight))
+        if packed:
+            logger.info("%d linear weights packed for oneDNN", packed)
         # filled by init_memory_pool()
         self.req_to_token_pool: Optional[ReqToTokenPool] = None
         self.token_to_kv_pool_allocator: Optional[TokenToKVPoolAllocator] = None
