@@ -64,7 +64,7 @@ class Driver:
 
 def make_runner(path: str, dtype: str = "float32") -> ModelRunner:
     runner = ModelRunner(ServerArgs(model_path=path, dtype=dtype, device="cpu", num_threads=1))
-    runner.init_memory_pool(max_total_tokens=2048, max_running_requests=16)
+    runner.init_memory_pool(max_total_tokens=8192, max_running_requests=64)
     return runner
 
 
@@ -88,7 +88,9 @@ def tiny(request):
     return make_runner(path), ref.eval()
 
 
-def test_prefill_batch_of_different_lengths(tiny):
+@pytest.mark.parametrize("short_extend", [0, 32])  # 32: the padded batched kernel for all
+def test_prefill_batch_of_different_lengths(tiny, short_extend, monkeypatch):
+    monkeypatch.setattr(attention, "SHORT_EXTEND_TOKENS", short_extend)
     runner, ref = tiny
     prompts = {"a": random_ids(5, 0), "b": random_ids(17, 1), "c": random_ids(1, 2)}
     out = Driver(runner).extend(prompts)
@@ -101,7 +103,9 @@ def test_prefill_batch_of_different_lengths(tiny):
         )
 
 
-def test_extend_on_a_cached_prefix(tiny):
+@pytest.mark.parametrize("short_extend", [0, 16])  # 16: the padded batched kernel
+def test_extend_on_a_cached_prefix(tiny, short_extend, monkeypatch):
+    monkeypatch.setattr(attention, "SHORT_EXTEND_TOKENS", short_extend)
     runner, ref = tiny
     a, b, c = random_ids(20, 3), random_ids(9, 4), random_ids(8, 13)
     driver = Driver(runner)
@@ -172,7 +176,7 @@ def test_decode_padding_slots_do_not_leak_into_attention(tiny_llama_path):
     clean = Driver(runner)
     clean.extend(seqs)
     expected = clean.decode({"a": 5, "b": 6}).next_token_logits
-    runner.init_memory_pool(max_total_tokens=2048, max_running_requests=16)
+    runner.init_memory_pool(max_total_tokens=8192, max_running_requests=64)
     for buf in runner.token_to_kv_pool.k_buffer + runner.token_to_kv_pool.v_buffer:
         buf.normal_(0, 100.0)
     dirty = Driver(runner)

@@ -47,6 +47,22 @@ class DecodeChunk:
     bias: torch.Tensor  # [hi - lo, 1, 1, L] float32: 0 inside a sequence, -inf past its end
 
 
+# EXTEND passes whose requests all add at most this many tokens (jump-forward runs, decode
+# requests riding along) use the batched decode kernel instead of one SDPA call per request.
+SHORT_EXTEND_TOKENS = 16
+
+
+@dataclass
+class PaddedExtend:
+    """A short EXTEND pass laid out like decode: n query rows per request, padded."""
+
+    slots: torch.Tensor  # [B * L] int64 KV slots, row-major; padding reads slot 0
+    bias: torch.Tensor  # [B, 1, 1, n, L] float32: 0 where query j may see key l, else -inf
+    gather: torch.Tensor  # [B * n] int64: the pass's token row of each padded query row
+    scatter: torch.Tensor  # [T] int64: the padded row of each of the pass's tokens
+    num_queries: int  # n: the longest extend of the pass
+
+
 @dataclass
 class ExtendSpan:
     """One request's new tokens in an EXTEND pass."""
@@ -66,6 +82,7 @@ class AttnMetadata:
     backend: TorchNativeAttnBackend
     chunks: Optional[list[DecodeChunk]] = None  # DECODE
     spans: Optional[list[ExtendSpan]] = None  # EXTEND
+    padded: Optional[PaddedExtend] = None  # EXTEND where every request adds few tokens
 
 
 class TorchNativeAttnBackend:
@@ -90,6 +107,8 @@ class TorchNativeAttnBackend:
                 for lo, hi in _chunk_bounds(fb.seq_lens_cpu, DECODE_CHUNK_TOKENS)
             ]
             fb.attn_metadata = AttnMetadata(self, chunks=chunks)
+        elif fb.batch_size > 1 and max(fb.extend_seq_lens_cpu) <= SHORT_EXTEND_TOKENS:
+            fb.attn_metadata = AttnMetadata(self, padded=_padded_extend(fb, slots))
         else:
             fb.attn_metadata = AttnMetadata(self, spans=_extend_spans(fb, slots))
 
@@ -98,6 +117,8 @@ class TorchNativeAttnBackend:
     ) -> torch.Tensor:
         # q: [T, H, D], k/v: [T, Hkv, D] -> [T, H * D]
         self.kv_pool.set_kv_buffer(layer.layer_id, fb.out_cache_loc, k, v)
+        if fb.attn_metadata.padded is not None:
+            return self._extend_padded(q, layer, fb.attn_metadata.padded)
         if not fb.is_decode:
             return self._extend(q, k, v, layer, fb.attn_metadata)
         chunks = fb.attn_metadata.chunks
@@ -132,6 +153,23 @@ class TorchNativeAttnBackend:
         probs = torch.add(chunk.bias, scores, alpha=layer.scaling).softmax(-1).to(q.dtype)
         return torch.matmul(probs, values).view(batch, -1)  # [b, H * D]
 
+    def _extend_padded(self, q: torch.Tensor, layer: Attention, p: PaddedExtend) -> torch.Tensor:
+        # q: [T, H, D] -> [T, H * D]; the decode kernel with n query rows per request
+        k_buf, v_buf = self.kv_pool.get_kv_buffer(layer.layer_id)
+        batch, n, width = p.bias.shape[0], p.num_queries, p.bias.shape[-1]
+        hkv, dim = layer.num_kv_heads, layer.head_dim
+        group = layer.num_heads // hkv
+        shape = (batch, width, hkv, dim)
+        keys = k_buf.index_select(0, p.slots).view(shape).transpose(1, 2).contiguous()
+        values = v_buf.index_select(0, p.slots).view(shape).transpose(1, 2).contiguous()
+        qp = q.index_select(0, p.gather).view(batch, n, hkv, group, dim).permute(0, 2, 3, 1, 4)
+        qp = qp.reshape(batch, hkv, group * n, dim)  # [B, Hkv, G n, D]
+        scores = torch.matmul(qp, keys.transpose(-1, -2)).view(batch, hkv, group, n, width)
+        probs = torch.add(p.bias, scores, alpha=layer.scaling).softmax(-1).to(q.dtype)
+        out = torch.matmul(probs.view(batch, hkv, group * n, width), values)  # [B, Hkv, G n, D]
+        out = out.view(batch, hkv, group, n, dim).permute(0, 3, 1, 2, 4)
+        return out.reshape(batch * n, -1).index_select(0, p.scatter)  # [T, H * D]
+
     def _extend(
         self,
         q: torch.Tensor,
@@ -160,6 +198,33 @@ class TorchNativeAttnBackend:
             )
             out[new] = o[0].transpose(0, 1)
         return out.view(q.shape[0], -1)
+
+
+def _padded_extend(fb: ForwardBatch, slots: torch.Tensor) -> PaddedExtend:
+    device = slots.device
+    n = max(fb.extend_seq_lens_cpu)
+    keys = torch.arange(slots.shape[1], device=device)
+    inside = keys[None, :] < fb.seq_lens[:, None]  # [B, L]
+    prefix = torch.tensor(fb.extend_prefix_lens_cpu, device=device)
+    query_pos = prefix[:, None] + torch.arange(n, device=device)[None, :]  # [B, n]
+    # Padded query rows (j >= the request's new tokens) see the whole sequence: no empty rows.
+    allowed = inside[:, None, :] & (keys[None, None, :] <= query_pos[:, :, None])  # [B, n, L]
+    bias = torch.zeros(allowed.shape, dtype=torch.float32, device=device)
+    bias = bias.masked_fill(~allowed, float("-inf"))[:, None, None]
+    gather: list[int] = []
+    scatter: list[int] = []
+    start = 0
+    for i, m in enumerate(fb.extend_seq_lens_cpu):
+        gather += list(range(start, start + m)) + [start] * (n - m)
+        scatter += range(i * n, i * n + m)
+        start += m
+    return PaddedExtend(
+        slots.masked_fill(~inside, 0).reshape(-1),
+        bias,
+        torch.tensor(gather, dtype=torch.int64, device=device),
+        torch.tensor(scatter, dtype=torch.int64, device=device),
+        n,
+    )
 
 
 def _extend_spans(fb: ForwardBatch, slots: torch.Tensor) -> list[ExtendSpan]:

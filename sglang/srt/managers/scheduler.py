@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 import zmq
 
+from sglang.srt.layers.attention import SHORT_EXTEND_TOKENS
 from sglang.srt.managers.detokenizer import IncrementalDetokenizer, StopChecker
 from sglang.srt.managers.io_struct import (
     AbortReq,
@@ -207,7 +208,9 @@ class Scheduler:
         chunks, mode = self._schedule()
         if chunks:
             self._run(chunks, mode)
-            self.last_mode = mode
+            # A short extend kept the decoding requests moving; only long ones make them wait.
+            short = all(c.length <= SHORT_EXTEND_TOKENS for c in chunks)
+            self.last_mode = ForwardMode.DECODE if short else mode
         self._release_finished()
         out, self.stats.pending_outputs = self.stats.pending_outputs, []
         return out
@@ -232,6 +235,10 @@ class Scheduler:
         # Alternate with decode so a long prefill cannot stall the running streams.
         if want_extend and not (decode_ready and self.last_mode == ForwardMode.EXTEND):
             chunks = self._schedule_extend()
+            if chunks and all(c.length <= SHORT_EXTEND_TOKENS for c in chunks):
+                # Short extends (jump-forward runs) take the decoding requests along: one pass.
+                taken = {id(c.req) for c in chunks}
+                chunks += [ScheduledChunk(r, r.kv_len, 1) for r in decode_ready if id(r) not in taken]
             if chunks:
                 return chunks, ForwardMode.EXTEND
         if decode_ready:
@@ -337,8 +344,9 @@ class Scheduler:
         self._sample(chunks, logits)
         if mode == ForwardMode.DECODE:
             self.stats.record_decode(len(chunks))
-        else:
-            self._cache_unfinished([c.req for c in chunks if not c.req.finished])
+        else:  # share prompt prefixes with requests that arrive while this one runs
+            prompts = [c.req for c in chunks if c.start < len(c.req.origin_input_ids)]
+            self._cache_unfinished([r for r in prompts if not r.finished])
 
     def _allocate(self, chunks: list[ScheduledChunk], mode: ForwardMode) -> list[ScheduledChunk]:
         """Make room for the new tokens; under pressure retract requests from the batch's end."""
