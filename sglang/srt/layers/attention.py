@@ -107,7 +107,7 @@ class TorchNativeAttnBackend:
                 for lo, hi in _chunk_bounds(fb.seq_lens_cpu, DECODE_CHUNK_TOKENS)
             ]
             fb.attn_metadata = AttnMetadata(self, chunks=chunks)
-        elif fb.batch_size > 1 and max(fb.extend_seq_lens_cpu) <= SHORT_EXTEND_TOKENS:
+        elif _use_padded_extend(fb):
             fb.attn_metadata = AttnMetadata(self, padded=_padded_extend(fb, slots))
         else:
             fb.attn_metadata = AttnMetadata(self, spans=_extend_spans(fb, slots))
@@ -198,6 +198,13 @@ class TorchNativeAttnBackend:
             )
             out[new] = o[0].transpose(0, 1)
         return out.view(q.shape[0], -1)
+
+
+def _use_padded_extend(fb: ForwardBatch) -> bool:
+    """Short extends batch like decode. Passes that score input logprobs (select) keep the
+    prefill kernel, whose fp32 accumulation makes scores agree with a full prefill's."""
+    short = max(fb.extend_seq_lens_cpu) <= SHORT_EXTEND_TOKENS
+    return fb.batch_size > 1 and short and not fb.return_logprob
 
 
 def _padded_extend(fb: ForwardBatch, slots: torch.Tensor) -> PaddedExtend:
