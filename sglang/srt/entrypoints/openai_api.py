@@ -320,15 +320,54 @@ def _as_list(first: Any) -> list[dict[str, Any]]:
 # -------------------------------------------------------------------- /v1/completions
 
 
-class _CompletionCall:
-    """One /v1/completions request: builds the native input and shapes the outputs."""
+class _OpenAICall:
+    """What completions and chat calls share: identity, the final response and SSE chunks."""
 
-    def __init__(self, tm: TokenizerManager, req: CompletionRequest) -> None:
+    OBJECT = ""  # the response's "object"
+    CHUNK_OBJECT = ""  # a stream chunk's "object"
+    ID_PREFIX = ""
+
+    def __init__(self, tm: TokenizerManager, req: Any) -> None:
         _reject_unsupported(req)
         self.tm, self.req = tm, req
-        self.id = f"cmpl-{uuid.uuid4().hex}"
+        self.id = f"{self.ID_PREFIX}-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = req.model or tm.served_model_name
+
+    def choice(self, index: int, out: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError()
+
+    def response(self, outs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": self.OBJECT,
+            "created": self.created,
+            "model": self.model,
+            "choices": [self.choice(k, o) for k, o in enumerate(outs)],
+            "usage": _usage(outs, self.req.n),
+        }
+
+    def chunk(self, choices: list[dict[str, Any]], usage: Optional[dict] = None) -> bytes:
+        body = {
+            "id": self.id,
+            "object": self.CHUNK_OBJECT,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if usage is not None:
+            body["usage"] = usage
+        return sse(body)
+
+
+class _CompletionCall(_OpenAICall):
+    """One /v1/completions request: builds the native input and shapes the outputs."""
+
+    OBJECT = CHUNK_OBJECT = "text_completion"
+    ID_PREFIX = "cmpl"
+
+    def __init__(self, tm: TokenizerManager, req: CompletionRequest) -> None:
+        super().__init__(tm, req)
         self.texts, self.ids = _completion_prompts(req.prompt)
         max_tokens = req.max_tokens if req.max_tokens is not None else tm.context_len
         want_lp = req.logprobs is not None
@@ -375,28 +414,6 @@ class _CompletionCall:
             "finish_reason": finish,
             "matched_stop": matched,
         }
-
-    def response(self, outs: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [self.choice(k, o) for k, o in enumerate(outs)],
-            "usage": _usage(outs, self.req.n),
-        }
-
-    def chunk(self, choices: list[dict[str, Any]], usage: Optional[dict] = None) -> bytes:
-        body = {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
-        if usage is not None:
-            body["usage"] = usage
-        return sse(body)
 
     async def stream(self, first: Any, gen: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         sent_text: dict[int, int] = {}
@@ -452,17 +469,17 @@ class _CompletionCall:
 # -------------------------------------------------------------------- /v1/chat/completions
 
 
-class _ChatCall:
+class _ChatCall(_OpenAICall):
     """One /v1/chat/completions request."""
 
+    OBJECT = "chat.completion"
+    CHUNK_OBJECT = "chat.completion.chunk"
+    ID_PREFIX = "chatcmpl"
+
     def __init__(self, tm: TokenizerManager, req: ChatCompletionRequest) -> None:
-        _reject_unsupported(req)
+        super().__init__(tm, req)
         if req.top_logprobs is not None and not req.logprobs:
             raise RequestError("top_logprobs requires logprobs: true", "top_logprobs")
-        self.tm, self.req = tm, req
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.model = req.model or tm.served_model_name
         prompt = tm.apply_chat_template(req.messages)
         self.native = GenerateReqInput(
             text=[prompt],
@@ -489,28 +506,6 @@ class _ChatCall:
             "finish_reason": finish,
             "matched_stop": matched,
         }
-
-    def response(self, outs: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [self.choice(k, o) for k, o in enumerate(outs)],
-            "usage": _usage(outs, self.req.n),
-        }
-
-    def chunk(self, choices: list[dict[str, Any]], usage: Optional[dict] = None) -> bytes:
-        body = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
-        if usage is not None:
-            body["usage"] = usage
-        return sse(body)
 
     async def stream(self, first: Any, gen: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         sent_text: dict[int, int] = {}
