@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator, Optional, Union
 
-from sglang.lang.backend.openai import (
+from sglang.lang.backend.api_base import (
     ApiModelBackend,
     ApiRequest,
     ApiResult,

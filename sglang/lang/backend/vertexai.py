@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any, Iterator, Optional, Union
 
-from sglang.lang.backend.openai import (
+from sglang.lang.backend.api_base import (
     ApiModelBackend,
     ApiRequest,
     ApiResult,
