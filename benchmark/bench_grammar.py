@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable
 
 import torch
+from common import CHARACTER_REGEX  # benchmark/common.py (scripts run from this folder)
 
 from sglang.srt.constrained import create_grammar_backend
 from sglang.srt.constrained.base_grammar_backend import (
@@ -19,22 +20,6 @@ from sglang.srt.constrained.base_grammar_backend import (
     apply_vocab_mask,
 )
 
-CHARACTER_REGEX = (
-    r"""\{\n"""
-    + r"""    "name": "[\w\d\s]{1,16}",\n"""
-    + r"""    "house": "(Gryffindor|Slytherin|Ravenclaw|Hufflepuff)",\n"""
-    + r"""    "blood status": "(Pure-blood|Half-blood|Muggle-born)",\n"""
-    + r"""    "occupation": "(student|teacher|auror|ministry of magic|death eater|order of the phoenix)",\n"""
-    + r"""    "wand": \{\n"""
-    + r"""        "wood": "[\w\d\s]{1,16}",\n"""
-    + r"""        "core": "[\w\d\s]{1,16}",\n"""
-    + r"""        "length": [0-9]{1,2}\.[0-9]{0,2}\n"""
-    + r"""    \},\n"""
-    + r"""    "alive": "(Alive|Deceased)",\n"""
-    + r"""    "patronus": "[\w\d\s]{1,16}",\n"""
-    + r"""    "bogart": "[\w\d\s]{1,16}"\n"""
-    + r"""\}"""
-)
 SCHEMA_10_FIELDS = json.dumps({
     "type": "object",
     "properties": {

@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_prefix_cache import MCQuestion, mmlu_workload  # noqa: E402
 from common import (  # noqa: E402
+    CHARACTER_REGEX,
     Row,
     ServerProcess,
     attach_or_start,
@@ -44,22 +45,6 @@ from llama_cpp import start_llama_server  # noqa: E402
 
 # ---------------------------------------------------------------- the JSON workload (the seed's)
 
-CHARACTER_REGEX = (
-    r"""\{\n"""
-    + r"""    "name": "[\w\d\s]{1,16}",\n"""
-    + r"""    "house": "(Gryffindor|Slytherin|Ravenclaw|Hufflepuff)",\n"""
-    + r"""    "blood status": "(Pure-blood|Half-blood|Muggle-born)",\n"""
-    + r"""    "occupation": "(student|teacher|auror|ministry of magic|death eater|order of the phoenix)",\n"""
-    + r"""    "wand": \{\n"""
-    + r"""        "wood": "[\w\d\s]{1,16}",\n"""
-    + r"""        "core": "[\w\d\s]{1,16}",\n"""
-    + r"""        "length": [0-9]{1,2}\.[0-9]{0,2}\n"""
-    + r"""    \},\n"""
-    + r"""    "alive": "(Alive|Deceased)",\n"""
-    + r"""    "patronus": "[\w\d\s]{1,16}",\n"""
-    + r"""    "bogart": "[\w\d\s]{1,16}"\n"""
-    + r"""\}"""
-)
 
 # The same language as CHARACTER_REGEX in llama.cpp's GBNF (\w and \s restricted to ASCII).
 CHARACTER_GBNF = r"""

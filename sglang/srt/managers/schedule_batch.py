@@ -136,7 +136,7 @@ def build_forward_batch(
         positions.extend(range(c.start, c.start + c.length))
     seq_lens = [c.start + c.length for c in chunks]
     want_logprob = [c.req.wants_input_logprobs for c in chunks]
-    starts = [_logprob_offset(c) if w else c.length for c, w in zip(chunks, want_logprob)]
+    starts = [logprob_offset(c) if w else c.length for c, w in zip(chunks, want_logprob)]
     return ForwardBatch(
         mode=mode,
         batch_size=len(chunks),
@@ -157,7 +157,7 @@ def build_forward_batch(
     )
 
 
-def _logprob_offset(c: ScheduledChunk) -> int:
+def logprob_offset(c: ScheduledChunk) -> int:
     """Chunk offset of the first hidden state whose next-token logprob is wanted."""
     first_hidden = max(c.req.logprob_start_len - 1, 0)
     return max(first_hidden - c.start, 0)

@@ -34,6 +34,7 @@ from sglang.srt.managers.schedule_batch import (
     Req,
     ScheduledChunk,
     build_forward_batch,
+    logprob_offset,
 )
 from sglang.srt.mem_cache.radix_cache import RadixCache
 from sglang.srt.model_executor.forward_batch import ForwardMode, LogitsOutput
@@ -396,7 +397,7 @@ class Scheduler:
             if c.start == 0 and req.logprob_start_len == 0:
                 req.input_token_logprobs.append((None, req.fill_ids[0]))
                 req.input_top_logprobs.append(None)
-            first_pos = c.start + (_offset_of(c) + 1)
+            first_pos = c.start + logprob_offset(c) + 1
             ids = req.fill_ids[first_pos : c.start + c.length]
             values = out.input_token_logprobs[i] if out.input_token_logprobs else []
             req.input_token_logprobs.extend(zip(values, ids))
@@ -424,11 +425,14 @@ class Scheduler:
     def _sample(self, chunks: list[ScheduledChunk], out: LogitsOutput) -> None:
         from sglang.srt.sampling.sampling_batch_info import SamplingBatchInfo
 
-        rows = [i for i, c in enumerate(chunks) if c.reaches_end and not c.req.finished]
-        done_without_sampling = [i for i in rows if chunks[i].req.step >= _max_new(chunks[i].req)]
-        for i in done_without_sampling:
-            chunks[i].req.finish(FinishReason.LENGTH, length=_max_new(chunks[i].req))
-        rows = [i for i in rows if i not in set(done_without_sampling)]
+        rows = []
+        for i, c in enumerate(chunks):
+            if not c.reaches_end or c.req.finished:
+                continue
+            if c.req.step >= _max_new(c.req):  # e.g. max_new_tokens 0: prefill only
+                c.req.finish(FinishReason.LENGTH, length=_max_new(c.req))
+            else:
+                rows.append(i)
         if not rows:
             return
         reqs = [chunks[i].req for i in rows]
@@ -609,11 +613,6 @@ class Scheduler:
 
 def _max_new(req: Req) -> int:
     return req.sampling_params.max_new_tokens
-
-
-def _offset_of(c: ScheduledChunk) -> int:
-    first_hidden = max(c.req.logprob_start_len - 1, 0)
-    return max(first_hidden - c.start, 0)
 
 
 class _Stats:
