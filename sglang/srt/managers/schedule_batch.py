@@ -74,6 +74,15 @@ class Req:
     def fill_ids(self) -> list[int]:
         return self.origin_input_ids + self.output_ids
 
+    def fill_slice(self, start: int, end: int) -> list[int]:
+        """fill_ids[start:end] without building fill_ids (decode asks for one token a step)."""
+        n = len(self.origin_input_ids)
+        if start >= n:
+            return self.output_ids[start - n : end - n]
+        if end <= n:
+            return self.origin_input_ids[start:end]
+        return self.origin_input_ids[start:] + self.output_ids[: end - n]
+
     @property
     def seq_len(self) -> int:
         return len(self.origin_input_ids) + len(self.output_ids)
@@ -132,7 +141,7 @@ def build_forward_batch(
     input_ids: list[int] = []
     positions: list[int] = []
     for c in chunks:
-        input_ids.extend(c.req.fill_ids[c.start : c.start + c.length])
+        input_ids.extend(c.req.fill_slice(c.start, c.start + c.length))
         positions.extend(range(c.start, c.start + c.length))
     seq_lens = [c.start + c.length for c in chunks]
     want_logprob = [c.req.wants_input_logprobs for c in chunks]
