@@ -12,12 +12,12 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from sglang.global_config import global_config
+from sglang.global_config import global_config, resolve_backend
 from sglang.lang.choices import ChoicesSamplingMethod, token_length_normalized
+from sglang.lang.function import SglFunction
 from sglang.lang.ir import (
     SglExpr,
     SglExprList,
-    SglFunction,
     SglGen,
     SglImage,
     SglRoleBegin,
@@ -302,21 +302,14 @@ def set_default_backend(backend: Union["BaseBackend", "Runtime"]) -> None:
     global_config.default_backend = backend
 
 
-def _backend_or_default(backend: Optional[Union["BaseBackend", "Runtime"]]) -> "BaseBackend":
-    chosen = backend if backend is not None else global_config.default_backend
-    if chosen is None:
-        raise ValueError("no backend: pass one or call sglang.set_default_backend(...) first")
-    return getattr(chosen, "endpoint", chosen)
-
-
 def flush_cache(backend: Optional[Union["BaseBackend", "Runtime"]] = None) -> None:
     """Drop the backend's prefix cache (the default backend's if none is given)."""
-    _backend_or_default(backend).flush_cache()
+    resolve_backend(backend).flush_cache()
 
 
 def get_server_info(backend: Optional[Union["BaseBackend", "Runtime"]] = None) -> dict[str, Any]:
     """The backend server's configuration and load (the default backend's if none is given)."""
-    return _backend_or_default(backend).get_server_info()
+    return resolve_backend(backend).get_server_info()
 
 
 # ---------------------------------------------------------------- validation of user input

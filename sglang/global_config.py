@@ -19,3 +19,13 @@ class GlobalConfig:
 
 
 global_config = GlobalConfig()
+
+
+def resolve_backend(backend: Optional[Any] = None) -> Any:
+    """The backend to use: `backend`, else the default one; a Runtime stands for its endpoint."""
+    chosen = backend if backend is not None else global_config.default_backend
+    if chosen is None:
+        raise ValueError(
+            "no backend: pass backend=... or call sglang.set_default_backend(...) first"
+        )
+    return getattr(chosen, "endpoint", chosen)

@@ -35,7 +35,7 @@ from sglang.utils import data_url, encode_base64
 if TYPE_CHECKING:
     from sglang.lang.backend.base import BaseBackend
     from sglang.lang.chat_template import ChatTemplate
-    from sglang.lang.ir import SglFunction
+    from sglang.lang.function import SglFunction
 
 
 class StreamExecutor:
@@ -666,8 +666,6 @@ def run_program_batch(
 ) -> Union[list[ProgramState], Iterator[ProgramState]]:
     """Run many programs on a thread pool; a program's failure stays in its own state.error()."""
     threads = resolve_num_threads(num_threads, len(batch_kwargs))
-    if len(batch_kwargs) > 1 and global_config.enable_precache_with_tracing:
-        cache_program_prefix(program, backend)
 
     def run_one(kwargs: dict[str, Any]) -> ProgramState:
         return run_program(
@@ -717,13 +715,3 @@ def _wait_with_progress(futures: list[Future], progress_bar: bool) -> None:
     for _ in as_completed(futures):
         bar.update(1)
     bar.close()
-
-
-def cache_program_prefix(program: "SglFunction", backend: "BaseBackend") -> str:
-    """Trace the program, and cache its constant prefix on the backend once; returns it."""
-    from sglang.lang.tracer import extract_prefix_by_tracing
-
-    prefix = extract_prefix_by_tracing(program, backend)
-    if prefix:
-        backend.cache_prefix(prefix)
-    return prefix

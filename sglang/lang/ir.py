@@ -1,18 +1,15 @@
-"""The DSL's intermediate representation: sampling parameters, expression nodes, SglFunction."""
+"""The DSL's intermediate representation: sampling parameters and expression nodes."""
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 if TYPE_CHECKING:
-    from sglang.lang.backend.base import BaseBackend
     from sglang.lang.choices import ChoicesSamplingMethod
     from sglang.lang.interpreter import ProgramState
-    from sglang.lang.tracer import TracedProgram
 
 
 @dataclass
@@ -231,117 +228,14 @@ class SglArgument(SglExpr):
         raise TracingError(f"argument {self.name!r} was iterated while tracing")
 
 
-# ---------------------------------------------------------------- SglFunction
+# NOTE: SglFunction lives in sglang.lang.function, above the interpreter and the tracer it
+# calls; it is still importable from here (resolved on first access, so no import loop).
+_MOVED = {"SglFunction", "split_sampling_kwargs", "check_batch_kwargs"}
 
 
-class SglFunction:
-    """A program: a Python function whose first parameter is the program state."""
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from sglang.lang import function
 
-    def __init__(
-        self,
-        func: Callable[..., Any],
-        num_api_spec_tokens: Optional[int] = None,
-        bind_arguments: Optional[dict[str, Any]] = None,
-    ) -> None:
-        if not callable(func):
-            raise ValueError(f"@function expects a function, got {func!r}")
-        params = list(inspect.signature(func).parameters.values())
-        if not params:
-            raise ValueError(f"program {func.__name__!r} needs a first parameter for the state")
-        self.func = func
-        self.num_api_spec_tokens = num_api_spec_tokens
-        self.bind_arguments = dict(bind_arguments or {})
-        self.arg_names = [p.name for p in params[1:]]
-        self.__name__ = getattr(func, "__name__", "program")
-        self.__doc__ = func.__doc__
-
-    def bind(self, **kwargs: Any) -> "SglFunction":
-        """A copy of this program with some arguments fixed."""
-        unknown = sorted(set(kwargs) - set(self.arg_names))
-        if unknown:
-            raise ValueError(f"bind(): {self.__name__} has no argument(s) {unknown}")
-        return SglFunction(self.func, self.num_api_spec_tokens, {**self.bind_arguments, **kwargs})
-
-    def run(
-        self,
-        *args: Any,
-        stream: bool = False,
-        backend: Optional["BaseBackend"] = None,
-        **kwargs: Any,
-    ) -> "ProgramState":
-        """Run the program once; keyword arguments named like sampling parameters
-        (max_new_tokens, stop, temperature, top_p, ...) are defaults for every gen."""
-        from sglang.lang.interpreter import run_program
-
-        sampling, program_kwargs = split_sampling_kwargs(kwargs)
-        return run_program(self, _pick_backend(backend), args, program_kwargs, sampling, stream)
-
-    def run_batch(
-        self,
-        batch_kwargs: list[dict[str, Any]],
-        *,
-        backend: Optional["BaseBackend"] = None,
-        num_threads: Union[str, int] = "auto",
-        progress_bar: bool = False,
-        generator_style: bool = False,
-        **sampling: Any,
-    ) -> Union[list["ProgramState"], Iterator["ProgramState"]]:
-        """Run the program once per kwargs dict, concurrently; states come back in input order."""
-        from sglang.lang.interpreter import run_program_batch
-
-        defaults, rest = split_sampling_kwargs(sampling)
-        if rest:
-            raise ValueError(f"run_batch(): unknown keyword argument(s) {sorted(rest)}")
-        check_batch_kwargs(batch_kwargs)
-        return run_program_batch(
-            self,
-            _pick_backend(backend),
-            batch_kwargs,
-            defaults,
-            num_threads,
-            progress_bar,
-            generator_style,
-        )
-
-    def trace(self, *, backend: Optional["BaseBackend"] = None, **kwargs: Any) -> "TracedProgram":
-        """Record the program's nodes without running any generation (unset arguments are
-        placeholders)."""
-        from sglang.lang.tracer import trace_program
-
-        return trace_program(self, kwargs, backend)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> "ProgramState":
-        return self.run(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"SglFunction({self.__name__})"
-
-
-def split_sampling_kwargs(kwargs: dict[str, Any]) -> tuple[SglSamplingParams, dict[str, Any]]:
-    """Split run()'s keyword arguments into sampling defaults and the program's own."""
-    sampling = {k: v for k, v in kwargs.items() if k in RUN_SAMPLING_PARAM_NAMES}
-    rest = {k: v for k, v in kwargs.items() if k not in RUN_SAMPLING_PARAM_NAMES}
-    if sampling.get("stop") is None:
-        sampling.pop("stop", None)
-    return SglSamplingParams(**sampling), rest
-
-
-def check_batch_kwargs(batch_kwargs: Any) -> None:
-    if not isinstance(batch_kwargs, (list, tuple)):
-        raise ValueError(
-            f"run_batch() expects a list of kwargs dicts, got {type(batch_kwargs).__name__}"
-        )
-    for i, kw in enumerate(batch_kwargs):
-        if not isinstance(kw, dict):
-            raise ValueError(f"run_batch(): item {i} is {kw!r}, expected a dict of arguments")
-
-
-def _pick_backend(backend: Optional["BaseBackend"]) -> "BaseBackend":
-    from sglang.global_config import global_config
-
-    chosen = backend if backend is not None else global_config.default_backend
-    if chosen is None:
-        raise ValueError(
-            "no backend: pass backend=... or call sglang.set_default_backend(...) first"
-        )
-    return getattr(chosen, "endpoint", chosen)  # a Runtime stands for its endpoint
+        return getattr(function, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

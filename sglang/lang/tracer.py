@@ -22,7 +22,7 @@ from sglang.lang.ir import (
 
 if TYPE_CHECKING:
     from sglang.lang.chat_template import ChatTemplate
-    from sglang.lang.ir import SglFunction
+    from sglang.lang.function import SglFunction
 
 # Nodes whose text does not depend on arguments or on generation
 _CONSTANT_NODES = (SglConstantText, SglRoleBegin, SglRoleEnd)
