@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence
 
 if TYPE_CHECKING:
@@ -91,13 +92,21 @@ class StopMatch(NamedTuple):
 
 
 class StopChecker:
-    """Finds stop strings in streamed text, looking only where a new match can be."""
+    """Finds stop strings in streamed text, looking only where a new match can be.
 
-    def __init__(self, stop_strs: Sequence[str], no_stop_trim: bool = False) -> None:
+    Stop patterns (`stop_regexes`) are searched over the whole output each time (a match may
+    start anywhere); text that could still grow into a pattern match is not held back, so a
+    streamed request may already have sent text that a later match trims from the final text.
+    """
+
+    def __init__(
+        self, stop_strs: Sequence[str], no_stop_trim: bool = False, stop_regexes: Sequence[str] = ()
+    ) -> None:
         for s in stop_strs:
             if not isinstance(s, str):
                 raise ValueError(f"stop strings must be strings, got {s!r}")
         self.stop_strs = [s for s in stop_strs if s]  # "" would match everywhere
+        self.stop_patterns = [re.compile(p) for p in stop_regexes if p]
         self.no_stop_trim = no_stop_trim
         self.max_len = max((len(s) for s in self.stop_strs), default=0)
         # every proper prefix of a stop string: text ending in one may still become a stop
@@ -115,10 +124,19 @@ class StopChecker:
             start = text_so_far.find(s, max(0, new_text_start - len(s) + 1))
             if start >= 0 and (best is None or (start + len(s), start) < best[:2]):
                 best = (start + len(s), start, s)
+        for pattern in self.stop_patterns:
+            m = pattern.search(text_so_far)
+            if m is not None and (best is None or (m.end(), m.start()) < best[:2]):
+                best = (m.end(), m.start(), m.group(0))
         if best is None:
             return None
         end, start, s = best
         return StopMatch(end if self.no_stop_trim else start, s)
+
+    @classmethod
+    def from_params(cls, params: SamplingParams) -> StopChecker:
+        """The checker of a normalized SamplingParams (stop strings, stop patterns, trimming)."""
+        return cls(params.stop_strs, params.no_stop_trim, params.stop_regexes)
 
     def safe_prefix_len(self, text: str) -> int:
         """How much of `text` may be streamed: all but the longest suffix that could still
@@ -153,11 +171,12 @@ class OutputStream:
         no_stop_trim: bool = False,
         skip_special_tokens: bool = True,
         spaces_between_special_tokens: bool = True,
+        stop_regexes: Sequence[str] = (),
     ) -> None:
         self.detokenizer = IncrementalDetokenizer(
             tokenizer, prompt_ids, skip_special_tokens, spaces_between_special_tokens
         )
-        self.stop_checker = StopChecker(stop_strs, no_stop_trim)
+        self.stop_checker = StopChecker(stop_strs, no_stop_trim, stop_regexes)
         self._held = ""  # decoded text not yet streamed: a possible start of a stop string
         self.finished = False
 
@@ -173,6 +192,7 @@ class OutputStream:
             params.no_stop_trim,
             params.skip_special_tokens,
             params.spaces_between_special_tokens,
+            params.stop_regexes,
         )
 
     def append(self, new_ids: Sequence[int], check_stop: bool = True) -> StreamStep:

@@ -141,7 +141,7 @@ class Scheduler:
             skip_special_tokens=params.skip_special_tokens,
             spaces_between_special_tokens=params.spaces_between_special_tokens,
         )
-        req.stop_checker = StopChecker(params.stop_strs, params.no_stop_trim)
+        req.stop_checker = StopChecker.from_params(params)
         error = self._admission_error(req)
         if error is not None:
             req.finish(FinishReason.ABORT, message=error)

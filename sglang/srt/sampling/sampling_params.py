@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -16,6 +17,7 @@ class SamplingParams:
     min_new_tokens: int = 0
     stop: Union[str, list[str], None] = None
     stop_token_ids: Optional[list[int]] = None
+    stop_regex: Union[str, list[str], None] = None  # stop where the output matches a pattern
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
@@ -32,8 +34,9 @@ class SamplingParams:
     json_schema: Optional[str] = None  # always a JSON string after normalize()
     ebnf: Optional[str] = None
     seed: Optional[int] = None
-    # Filled by normalize(): the stop strings as a list
+    # Filled by normalize(): the stop strings and stop patterns as lists
     stop_strs: list[str] = field(default_factory=list)
+    stop_regexes: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: Optional[dict[str, Any]]) -> "SamplingParams":
@@ -42,7 +45,7 @@ class SamplingParams:
             d = {}
         if not isinstance(d, dict):
             raise ValueError(f"sampling_params must be an object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)} - {"stop_strs"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"stop_strs", "stop_regexes"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown sampling parameter(s): {', '.join(unknown)}")
@@ -116,6 +119,11 @@ class SamplingParams:
             ids = self.stop_token_ids
             if not isinstance(ids, list) or not all(_is_int(i) and i >= 0 for i in ids):
                 raise ValueError(f"stop_token_ids must be a list of token ids, got {ids!r}")
+        for pattern in _as_list(self.stop_regex, "stop_regex"):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"stop_regex {pattern!r} is not a valid regex: {e}") from None
 
     def _verify_grammar(self) -> None:
         given = [k for k in ("regex", "json_schema", "ebnf") if getattr(self, k) is not None]
@@ -141,6 +149,7 @@ class SamplingParams:
             self.stop_strs = [self.stop] if self.stop else []
         else:
             self.stop_strs = [s for s in self.stop if s]
+        self.stop_regexes = [p for p in _as_list(self.stop_regex, "stop_regex") if p]
         if self.json_schema is not None and not isinstance(self.json_schema, str):
             self.json_schema = json.dumps(self.json_schema)
         if self.json_schema is not None:
@@ -158,7 +167,18 @@ class SamplingParams:
         return max((len(s) for s in self.stop_strs), default=0)
 
 
-_NULLABLE = {"stop", "stop_token_ids", "regex", "json_schema", "ebnf", "seed"}
+_NULLABLE = {"stop", "stop_token_ids", "stop_regex", "regex", "json_schema", "ebnf", "seed"}
+
+
+def _as_list(value: Union[str, list[str], None], name: str) -> list[str]:
+    """A string-or-list field as a list; ValueError for anything else."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f"{name} must be a string or a list of strings, got {value!r}")
 
 
 def _is_int(x: Any) -> bool:
