@@ -84,6 +84,8 @@ def gen(
     regex: Optional[str] = None,
     json_schema: Optional[Union[str, dict[str, Any], type]] = None,
     grammar: Optional[str] = None,
+    stop_regex: Optional[Union[str, list[str]]] = None,
+    token_healing: Optional[bool] = None,
 ) -> SglExpr:
     """Generate text at this point of the program and store it as variable `name`.
 
@@ -114,6 +116,13 @@ def gen(
         A JSON schema the output must follow.
     grammar : str, optional
         A context-free grammar (EBNF) the output must follow.
+    stop_regex : str or list of str, optional
+        Regular expressions that end the generation where the output matches one (the match is
+        trimmed, like a stop string).
+    token_healing : bool, optional
+        Back the prompt up by its last token and let the model re-choose it (see
+        sglang.lang.token_healing). None: the backend's default, which is on for
+        RuntimeEndpoint; `run(..., token_healing=False)` turns it off for a whole program.
 
     Returns
     -------
@@ -149,6 +158,8 @@ def gen(
         "regex": _check_regex(regex),
         "json_schema": normalize_json_schema(json_schema),
         "grammar": _check_grammar(grammar),
+        "stop_regex": _check_stop_regex(stop_regex),
+        "token_healing": token_healing,
     }
     return SglGen(name, {k: v for k, v in overrides.items() if v is not None})
 
@@ -348,6 +359,22 @@ def _check_regex(regex: Optional[str]) -> Optional[str]:
     except re.error as e:
         raise ValueError(f"gen(): invalid regex {regex!r}: {e}") from e
     return regex
+
+
+def _check_stop_regex(
+    stop_regex: Optional[Union[str, list[str]]],
+) -> Optional[Union[str, list[str]]]:
+    if stop_regex is None:
+        return None
+    patterns = [stop_regex] if isinstance(stop_regex, str) else stop_regex
+    if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
+        raise ValueError(f"gen(): stop_regex={stop_regex!r} must be a string or a list of strings")
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"gen(): invalid stop_regex {pattern!r}: {e}") from e
+    return stop_regex if isinstance(stop_regex, str) else list(patterns)
 
 
 def _check_grammar(grammar: Optional[str]) -> Optional[str]:

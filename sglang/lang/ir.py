@@ -11,6 +11,19 @@ if TYPE_CHECKING:
     from sglang.lang.choices import ChoicesSamplingMethod
     from sglang.lang.interpreter import ProgramState
 
+# Regexes of literals, as SGLang's frontend exports them (`from sglang.lang.ir import REGEX_INT`).
+# NOTE: ours differ on purpose: REGEX_FLOAT and REGEX_INT take what Python's float() / int()
+# read (exponents, "1.", ".5", "inf"), and REGEX_STR is any valid JSON string literal, where
+# SGLang's allows only word characters and spaces (and REGEX_INT / REGEX_FLOAT trailing space).
+_DIGITS = r"[0-9](_?[0-9])*"
+REGEX_INT = rf"[-+]?{_DIGITS}"
+REGEX_FLOAT = (
+    rf"[-+]?(({_DIGITS}(\.({_DIGITS})?)?|\.{_DIGITS})([eE][-+]?{_DIGITS})?"
+    r"|[iI][nN][fF]([iI][nN][iI][tT][yY])?|[nN][aA][nN])"
+)
+REGEX_BOOL = r"(True|False)"
+REGEX_STR = r'"([^"\\\x00-\x1f]|\\(["\\/bfnrt]|u[0-9a-fA-F]{4}))*"'
+
 
 @dataclass
 class SglSamplingParams:
@@ -26,6 +39,7 @@ class SglSamplingParams:
     n: int = 1
     stop: Union[str, list[str], tuple[str, ...]] = ()
     stop_token_ids: Optional[list[int]] = None
+    stop_regex: Union[str, list[str], None] = None
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1  # -1: off
@@ -42,6 +56,8 @@ class SglSamplingParams:
     grammar: Optional[str] = None  # a context-free grammar (EBNF / Lark text)
     # Used only by the interpreter (not sent to backends as sampling parameters)
     dtype: Optional[Any] = None
+    # Token healing (backends that support it; None: the backend's default, on for our runtime)
+    token_healing: Optional[bool] = None
 
     def clone(self) -> "SglSamplingParams":
         return dataclasses.replace(self)
@@ -59,6 +75,7 @@ class SglSamplingParams:
             "n": self.n,
             "stop": self.stop_list() or None,
             "stop_token_ids": self.stop_token_ids,
+            "stop_regex": self.stop_regex or None,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k,

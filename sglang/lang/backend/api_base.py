@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-
 def import_sdk(module: str, extra: str) -> ModuleType:
     """Import a provider SDK, or fail with the pip extra that installs it."""
     try:
@@ -120,6 +119,8 @@ def set_params(params: SglSamplingParams) -> dict[str, Any]:
         value, default = getattr(params, f.name), getattr(_DEFAULT_PARAMS, f.name)
         if f.name == "stop":
             value, default = params.stop_list(), []
+        if f.name == "token_healing" and not value:
+            continue  # turning healing off asks nothing of an API backend
         if f.name != "dtype" and value != default:
             out[f.name] = value
     return out

@@ -22,6 +22,8 @@ from sglang.lang.choices import (
     mean_logprob,
     token_length_normalized,
 )
+from sglang.lang.ir import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_STR
+from sglang.lang.token_healing import HealingPlan, can_heal_token, plan_constraint, stops_overlap
 from sglang.utils import data_url, http_error_message
 
 if TYPE_CHECKING:
@@ -30,10 +32,10 @@ if TYPE_CHECKING:
 
 # Regexes for gen(dtype=...) on the runtime (API backends handle dtype themselves)
 DTYPE_REGEX: dict[type, str] = {
-    int: r"[-+]?[0-9]+",
-    float: r"[-+]?[0-9]+(\.[0-9]+)?",
-    bool: r"(True|False)",
-    str: r'"[^"\n]*"',
+    int: REGEX_INT,
+    float: REGEX_FLOAT,
+    bool: REGEX_BOOL,
+    str: REGEX_STR,
 }
 
 
@@ -63,6 +65,12 @@ class RuntimeEndpoint(BaseBackend):
 
     The chat template is, in order: `chat_template_name` if given; the model's own Jinja
     template from GET /get_model_info; the template matched from the model path.
+
+    `token_healing` (default on) is the default of every gen that does not set its own; see
+    `sglang.lang.token_healing`. A healed gen costs two more small requests (to find the
+    prompt's last token). Not healed: prompts that end in a newline or a special token, states
+    with images, gens with max_tokens=0, stops that could match inside the removed text, and
+    JSON / grammar constraints on a server whose grammar backend is not llguidance.
     """
 
     def __init__(
@@ -71,11 +79,14 @@ class RuntimeEndpoint(BaseBackend):
         api_key: Optional[str] = None,
         chat_template_name: Optional[str] = None,
         verify: Optional[Union[bool, str]] = None,
+        token_healing: bool = True,
     ) -> None:
         super().__init__()
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.verify = verify
+        self.token_healing = token_healing
+        self._grammar_backend: Optional[str] = None  # read from /get_server_info when needed
         self.timeout: Optional[float] = None  # seconds to wait for an answer; None: no limit
         self._sessions = _SessionPool()
         self.model_info: dict[str, Any] = self.get("/get_model_info")
@@ -178,13 +189,20 @@ class RuntimeEndpoint(BaseBackend):
 
     # ------------------------------------------------------------ generation
 
-    def _generate_body(self, s: "StreamExecutor", params: "SglSamplingParams") -> dict[str, Any]:
+    def _generate_body(
+        self, s: "StreamExecutor", params: "SglSamplingParams"
+    ) -> tuple[dict[str, Any], Optional[HealingPlan]]:
+        """The /generate body of a gen, token healing applied where it can be."""
         sampling = params.to_srt_kwargs()
         if params.dtype is not None and not any(
             k in sampling for k in ("regex", "json_schema", "ebnf")
         ):
             sampling["regex"] = DTYPE_REGEX[params.dtype]
-        body: dict[str, Any] = {"text": s.text_, "sampling_params": sampling}
+        plan = self._plan_healing(s, params, sampling)
+        body: dict[str, Any] = {
+            "text": plan.prompt if plan else s.text_,
+            "sampling_params": plan.sampling if plan else sampling,
+        }
         for key in (
             "return_logprob",
             "logprob_start_len",
@@ -196,27 +214,70 @@ class RuntimeEndpoint(BaseBackend):
         images = _image_data(s)
         if images:
             body["image_data"] = images
-        return body
+        return body, plan
 
     def generate(
         self, s: "StreamExecutor", sampling_params: "SglSamplingParams"
     ) -> tuple[Union[str, list[str]], Union[dict[str, Any], list[dict[str, Any]]]]:
-        res = self._post_generate(self._generate_body(s, sampling_params))
+        body, plan = self._generate_body(s, sampling_params)
+        res = self._post_generate(body)
         if isinstance(res, list):  # n > 1
-            return [r["text"] for r in res], [r["meta_info"] for r in res]
-        return res["text"], res["meta_info"]
+            return [_healed(r, plan)[0] for r in res], [_healed(r, plan)[1] for r in res]
+        return _healed(res, plan)
 
     def generate_stream(
         self, s: "StreamExecutor", sampling_params: "SglSamplingParams"
     ) -> Iterator[tuple[str, dict[str, Any]]]:
-        body = self._generate_body(s, sampling_params)
+        body, plan = self._generate_body(s, sampling_params)
         body["stream"] = True
         seen = 0
         for chunk in self._post_stream("/generate", body):
             self._check_not_aborted(chunk)
-            text = chunk.get("text", "")
-            yield text[seen:], chunk.get("meta_info", {})
-            seen = len(text)
+            text, meta = _healed(chunk, plan)
+            yield text[seen:], meta
+            seen = max(seen, len(text))
+
+    # ------------------------------------------------------------ token healing
+
+    def _plan_healing(
+        self, s: "StreamExecutor", params: "SglSamplingParams", sampling: dict[str, Any]
+    ) -> Optional[HealingPlan]:
+        """How to heal this gen, or None when it is off or does not apply."""
+        enabled = params.token_healing if params.token_healing is not None else self.token_healing
+        text = s.text_
+        if not enabled or not text or text.endswith("\n") or s.images_:
+            return None
+        if params.max_new_tokens < 1:
+            return None
+        last = self._last_token_text(text)
+        if not can_heal_token(last, text):
+            return None
+        assert last is not None
+        patterns = params.stop_regex
+        stop_regexes = [patterns] if isinstance(patterns, str) else list(patterns or [])
+        if stops_overlap(last, params.stop_list(), stop_regexes):
+            return None
+        healed = plan_constraint(last, sampling, self.grammar_backend())
+        if healed is None:
+            return None
+        return HealingPlan(removed=last, prompt=text[: -len(last)], sampling=healed)
+
+    def _last_token_text(self, text: str) -> Optional[str]:
+        """The text of the prompt's last token, as the server tokenizes it (the prompt is
+        cached on the way, so the healed request reuses it)."""
+        num_tokens = self._prefill(text, [])
+        if num_tokens < 2:
+            return None
+        entries = self._score([text], num_tokens - 1, None)[0]["meta_info"]["input_token_logprobs"]
+        if not entries or len(entries[-1]) < 3:
+            return None
+        return entries[-1][2]
+
+    def grammar_backend(self) -> Optional[str]:
+        """The server's grammar backend (llguidance, xgrammar or none), read once."""
+        if self._grammar_backend is None:
+            self._grammar_backend = str(self.get_server_info().get("grammar_backend", "none"))
+        return self._grammar_backend
 
     # ------------------------------------------------------------ select (SPEC §3)
 
@@ -276,6 +337,15 @@ class RuntimeEndpoint(BaseBackend):
         if reason.get("type") == "abort":
             message = reason.get("message", "no reason given")
             raise RuntimeError(f"{self.base_url}/generate aborted the request: {message}")
+
+
+def _healed(item: dict[str, Any], plan: Optional[HealingPlan]) -> tuple[str, dict[str, Any]]:
+    """(text, meta_info) of one /generate answer, the removed text taken off a healed one."""
+    text, meta = item.get("text", ""), dict(item.get("meta_info", {}))
+    if plan is None:
+        return text, meta
+    meta["token_healing"] = {"removed": plan.removed}
+    return plan.value_of(text), meta
 
 
 def _image_data(s: "StreamExecutor") -> list[str]:
