@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Optional, Union
 
 from sglang.global_config import global_config, resolve_backend
 from sglang.lang.choices import ChoicesSamplingMethod, token_length_normalized
@@ -23,6 +23,7 @@ from sglang.lang.ir import (
     SglRoleBegin,
     SglRoleEnd,
     SglSelect,
+    SglSeparateReasoning,
     SglVideo,
     to_expr,
 )
@@ -300,6 +301,38 @@ def assistant_end() -> SglExpr:
     return SglRoleEnd("assistant")
 
 
+def separate_reasoning(expr: SglExpr, model_type: str = "deepseek-r1") -> SglExpr:
+    """Run `expr` (a gen, or gens in a list), then split each gen's value into reasoning and answer.
+
+    Parameters
+    ----------
+    expr : SglExpr
+        Typically `gen("answer", ...)` inside an assistant turn.
+    model_type : str
+        The reasoning format: "deepseek-r1" (output starts inside `<think>`, ends it with
+        `</think>`), "qwen3" (an optional `<think>...</think>` block first) or "kimi".
+
+    Returns
+    -------
+    SglExpr
+        The variable keeps the answer and `<name>_reasoning_content` gets the reasoning; the
+        program's text keeps only the answer. NOTE: unlike SGLang's, ours also splits the
+        variables with stream=True (the streamed text is left as sent), and it replaces only
+        the gen's own text rather than the whole open turn.
+    """
+    if model_type is None:
+        model_type = "deepseek-r1"
+    from sglang.lang.reasoning import REASONING_FORMATS
+
+    if model_type not in REASONING_FORMATS:
+        raise ValueError(
+            f"separate_reasoning(): unknown model_type {model_type!r}; "
+            f"known: {sorted(REASONING_FORMATS)}"
+        )
+    inner = to_expr(expr)
+    return SglExprList([inner, SglSeparateReasoning(model_type, inner)])
+
+
 def set_default_backend(backend: Union["BaseBackend", "Runtime"]) -> None:
     """Use `backend` for every program run without backend=...
 
@@ -434,7 +467,7 @@ class Runtime:
         )
         atexit.register(self.shutdown)
         try:
-            wait_for_server(self.url, self.process, self.log_path, timeout)
+            wait_for_server(self.url, timeout, self.process, self.log_path)
             self.endpoint: RuntimeEndpoint = RuntimeEndpoint(
                 self.url, api_key=server_args.get("api_key")
             )
@@ -444,15 +477,12 @@ class Runtime:
 
     def shutdown(self) -> None:
         """Stop the server process group this Runtime started."""
+        from sglang.utils import terminate_process
+
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
-        _signal_group(process, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            _signal_group(process, signal.SIGKILL)
-            process.wait(timeout=15)
+        terminate_process(process)
         self._log.close()
 
     def generate(
@@ -466,6 +496,38 @@ class Runtime:
             "/generate", {"text": prompt, "sampling_params": sampling_params or {}, **kwargs}
         )
 
+    async def async_generate(
+        self,
+        prompt: str,
+        sampling_params: Optional[dict[str, Any]] = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[str]:
+        """Stream POST /generate for one prompt: yields the text as it grows, in pieces.
+
+        Other keyword arguments (return_logprob, ...) go into the request body. The HTTP
+        stream is read on a worker thread, so the event loop is never blocked.
+        """
+        body = {"text": prompt, "sampling_params": sampling_params or {}, **kwargs, "stream": True}
+        chunks = iter(self.endpoint.stream_json("/generate", body))
+        loop = asyncio.get_running_loop()
+        done, seen = object(), 0
+        while True:
+            chunk = await loop.run_in_executor(None, next, chunks, done)
+            if chunk is done:
+                return
+            text = chunk.get("text", "")
+            if len(text) > seen:
+                yield text[seen:]
+                seen = len(text)
+
+    def get_tokenizer(self) -> Any:
+        """The server's tokenizer, loaded with transformers from its tokenizer path."""
+        from transformers import AutoTokenizer
+
+        info = self.endpoint.model_info
+        path = info.get("tokenizer_path") or info.get("model_path")
+        return AutoTokenizer.from_pretrained(path)
+
     def get_server_info(self) -> dict[str, Any]:
         return self.endpoint.get_server_info()
 
@@ -477,13 +539,6 @@ class Runtime:
 
     def __exit__(self, *exc: Any) -> None:
         self.shutdown()
-
-
-def _signal_group(process: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(process.pid, sig)  # the group the child leads (start_new_session=True)
-    except ProcessLookupError:
-        pass
 
 
 def server_args_to_cli(args: dict[str, Any]) -> list[str]:

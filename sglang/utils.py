@@ -1,11 +1,19 @@
-"""Small helpers of the frontend: image encoding, free ports, waiting for a server process."""
+"""Small helpers of the frontend: image encoding, free ports, starting and waiting for servers.
+
+`launch_server_cmd`, `wait_for_server`, `terminate_process` and `print_highlight` are the
+helpers SGLang's documentation uses in its notebooks, with the same calls.
+"""
 
 from __future__ import annotations
 
 import base64
 import os
+import shlex
+import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from typing import Optional, Union
 
@@ -62,24 +70,86 @@ def tail_file(path: str, max_lines: int = 40) -> str:
         return ""
 
 
-def wait_for_server(url: str, process: subprocess.Popen, log_path: str, timeout: float) -> None:
-    """Poll GET {url}/health until it answers 200; RuntimeError with the log tail if the process
-    dies or `timeout` seconds pass."""
+def wait_for_server(
+    base_url: str,
+    timeout: Optional[float] = None,
+    process: Optional[subprocess.Popen] = None,
+    log_path: Optional[str] = None,
+) -> None:
+    """Poll GET {base_url}/health until it answers 200 (SGLang's call: `wait_for_server(url)`).
+
+    RuntimeError, with the log's tail when `log_path` is given, if `process` exits first or
+    `timeout` seconds pass (None: wait as long as it takes).
+    """
     import requests
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        code = process.poll()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while deadline is None or time.monotonic() < deadline:
+        code = process.poll() if process is not None else None
         if code is not None:
             raise RuntimeError(
-                f"the server at {url} exited with code {code}; log tail:\n{tail_file(log_path)}"
+                f"the server at {base_url} exited with code {code}; log tail:\n"
+                f"{tail_file(log_path) if log_path else ''}"
             )
-        if _healthy(requests, url):
+        if _healthy(requests, base_url):
             return
         time.sleep(0.25)
     raise RuntimeError(
-        f"the server at {url} was not healthy after {timeout:.0f}s; log tail:\n{tail_file(log_path)}"
+        f"the server at {base_url} was not healthy after {timeout:.0f}s; log tail:\n"
+        f"{tail_file(log_path) if log_path else ''}"
     )
+
+
+def launch_server_cmd(
+    command: str, host: str = "127.0.0.1", port: Optional[int] = None
+) -> tuple[subprocess.Popen, int]:
+    """Start a server command line (e.g. "python -m sglang.launch_server --model-path m") in
+    the background on `host` and a free port (or `port`); returns (process, port).
+
+    Its output goes to a temporary log file (`process.log_path`). Wait for it with
+    `wait_for_server(f"http://{host}:{port}")` and stop it with `terminate_process(process)`.
+    NOTE: SGLang's binds 0.0.0.0 by default; ours binds 127.0.0.1 unless told otherwise.
+    """
+    port = port or find_free_port(host)
+    args = shlex.split(command)
+    if args and args[0] in ("python", "python3"):
+        args[0] = sys.executable
+    args += ["--host", host, "--port", str(port)]
+    log = tempfile.NamedTemporaryFile(prefix="sglang-server-", suffix=".log", delete=False)
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process.log_path = log.name  # type: ignore[attr-defined]
+    log.close()
+    return process, port
+
+
+def terminate_process(process: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """Stop a process started by launch_server_cmd and its children: SIGTERM to its process
+    group, then SIGKILL after `grace_s` seconds."""
+    if process.poll() is not None:
+        return
+    _signal_group(process, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        _signal_group(process, signal.SIGKILL)
+        process.wait(timeout=grace_s)
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)  # the group the child leads (start_new_session=True)
+    except ProcessLookupError:
+        pass
+
+
+def print_highlight(text: str) -> None:
+    """Print `text` so it stands out: as HTML in a notebook, in bold green on a terminal."""
+    if "ipykernel" in sys.modules:
+        from IPython.display import HTML, display
+
+        display(HTML(f"<strong style='color: #00008B;'>{text}</strong>"))
+        return
+    print(f"\033[1;32m{text}\033[0m" if sys.stdout.isatty() else text)
 
 
 def _healthy(requests_module: object, url: str) -> bool:

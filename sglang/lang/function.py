@@ -36,6 +36,7 @@ class SglFunction:
         self.num_api_spec_tokens = num_api_spec_tokens
         self.bind_arguments = dict(bind_arguments or {})
         self.arg_names = [p.name for p in params[1:]]
+        self.num_required_args = sum(1 for p in params[1:] if p.default is inspect.Parameter.empty)
         self.__name__ = getattr(func, "__name__", "program")
         self.__doc__ = func.__doc__
 
@@ -60,7 +61,7 @@ class SglFunction:
 
     def run_batch(
         self,
-        batch_kwargs: list[dict[str, Any]],
+        batch_kwargs: list[Union[dict[str, Any], list[Any], tuple[Any, ...]]],
         *,
         backend: Optional[BaseBackend] = None,
         num_threads: Union[str, int] = "auto",
@@ -68,10 +69,19 @@ class SglFunction:
         generator_style: bool = False,
         **sampling: Any,
     ) -> Union[list[ProgramState], Iterator[ProgramState]]:
-        """Run the program once per kwargs dict, concurrently; states come back in input order."""
+        """Run the program once per item, concurrently; states come back in input order.
+
+        An item is a dict of keyword arguments, or (as in SGLang) a list or tuple of the
+        program's arguments in order.
+        """
         defaults, rest = split_sampling_kwargs(sampling)
         if rest:
             raise ValueError(f"run_batch(): unknown keyword argument(s) {sorted(rest)}")
+        batch_kwargs = (
+            [self._as_kwargs(i, item) for i, item in enumerate(batch_kwargs)]
+            if isinstance(batch_kwargs, (list, tuple))
+            else batch_kwargs
+        )
         check_batch_kwargs(batch_kwargs)
         chosen = resolve_backend(backend)
         if len(batch_kwargs) > 1 and global_config.enable_precache_with_tracing:
@@ -79,6 +89,21 @@ class SglFunction:
         return run_program_batch(
             self, chosen, batch_kwargs, defaults, num_threads, progress_bar, generator_style
         )
+
+    def _as_kwargs(self, index: int, item: Any) -> Any:
+        """A run_batch item as keyword arguments (dicts and non-sequences pass unchanged)."""
+        if not isinstance(item, (list, tuple)):
+            return item
+        if not self.num_required_args <= len(item) <= len(self.arg_names):
+            raise ValueError(
+                f"run_batch(): item {index} has {len(item)} argument(s); {self.__name__} takes "
+                f"{self.num_required_args} to {len(self.arg_names)} ({', '.join(self.arg_names)})"
+            )
+        return dict(zip(self.arg_names, item))
+
+    def cache(self, backend: Optional[BaseBackend] = None) -> str:
+        """Cache the program's constant prefix (found by tracing) on the backend; returns it."""
+        return cache_program_prefix(self, resolve_backend(backend))
 
     def trace(self, *, backend: Optional[BaseBackend] = None, **kwargs: Any) -> TracedProgram:
         """Record the program's nodes without running any generation (unset arguments are

@@ -23,6 +23,7 @@ from sglang.lang.ir import (
     SglRoleEnd,
     SglSamplingParams,
     SglSelect,
+    SglSeparateReasoning,
     SglVariable,
     SglVarScopeBegin,
     SglVarScopeEnd,
@@ -80,6 +81,7 @@ class StreamExecutor:
         self._turn_images: list[tuple[int, int, str]] = []
         self._scope_starts: dict[str, int] = {}
         self._stream_values: dict[str, str] = {}  # partial values of variables being streamed
+        self._stream_metas: dict[str, dict[str, Any]] = {}  # their latest meta info
         self._queue: collections.deque[SglExpr] = collections.deque()
         self._cond = threading.Condition()
         self._worker_running = False
@@ -190,6 +192,7 @@ class StreamExecutor:
             if meta_info is not None:
                 self.meta_info[name] = meta_info
             self._stream_values.pop(name, None)
+            self._stream_metas.pop(name, None)
             self._cond.notify_all()
 
     def get_meta_info(self, name: str) -> Any:
@@ -284,6 +287,7 @@ class StreamExecutor:
                 self.text_ += delta
                 if name is not None:
                     self._stream_values[name] = value
+                    self._stream_metas[name] = piece_meta
                 self._cond.notify_all()
         return value, meta
 
@@ -362,6 +366,24 @@ class StreamExecutor:
             parts.append({"type": "text", "text": self.text_[cursor:end]})
         return parts
 
+    def _separate_reasoning(self, expr: SglSeparateReasoning) -> None:
+        """Split each named gen's value: the answer stays in the variable (and in the text),
+        the reasoning goes to `<name>_reasoning_content`. With stream=True the text already
+        streamed is left as it is; only the variables change."""
+        from sglang.lang.reasoning import reasoning_var_name, split_reasoning
+
+        for name in expr.names():
+            value = self.variables.get(name)
+            if not isinstance(value, str):
+                continue
+            reasoning, answer = split_reasoning(value, expr.model_type)
+            at = self.text_.rfind(value)
+            if not self.stream and at >= 0:
+                with self._cond:
+                    self.text_ = self.text_[:at] + answer + self.text_[at + len(value) :]
+            self.set_var(reasoning_var_name(name), reasoning, self.meta_info.get(name))
+            self.set_var(name, answer, self.meta_info.get(name))
+
     def _var_scope_begin(self, expr: SglVarScopeBegin) -> None:
         self._scope_starts[expr.name] = len(self.text_)
 
@@ -381,6 +403,13 @@ class StreamExecutor:
                 if len(current) > pos or done:
                     return current[pos:], done
                 self._cond.wait()
+
+    def stream_meta(self, var_name: str) -> Optional[dict[str, Any]]:
+        """The latest meta info of a variable: final once it is set, partial while streamed."""
+        with self._cond:
+            if var_name in self.variables:
+                return self.meta_info.get(var_name)
+            return self._stream_metas.get(var_name)
 
     def _stream_view(self, var_name: Optional[str]) -> tuple[str, bool]:
         stopped = self.is_finished or self.error_ is not None
@@ -404,6 +433,7 @@ _HANDLERS: dict[type, Callable[[StreamExecutor, Any], None]] = {
     SglVideo: StreamExecutor._image,
     SglRoleBegin: StreamExecutor._role_begin,
     SglRoleEnd: StreamExecutor._role_end,
+    SglSeparateReasoning: StreamExecutor._separate_reasoning,
     SglVarScopeBegin: StreamExecutor._var_scope_begin,
     SglVarScopeEnd: StreamExecutor._var_scope_end,
 }
@@ -458,14 +488,28 @@ class ProgramState(StateOps):
     def _submit(self, expr: SglExpr) -> None:
         self.stream_executor.submit(expr)
 
-    def fork(self, size: int = 1) -> "ProgramStateGroup":
-        """`size` parallel copies of this state; their appends run concurrently."""
+    def fork(
+        self, size: int = 1, position_ids_offset: Optional[list[int]] = None
+    ) -> "ProgramStateGroup":
+        """`size` parallel copies of this state; their appends run concurrently.
+
+        `position_ids_offset` is accepted for compatibility with SGLang's frontend, which
+        passes it on without using it either; every fork continues at its parent's position.
+        """
+        _check_position_ids_offset(position_ids_offset, size)
         children = self.stream_executor.fork(size)
         return ProgramStateGroup([ProgramState(c) for c in children], self)
 
-    def copy(self) -> "ProgramState":
-        """An independent copy of this state, as it is once pending appends have run."""
-        return ProgramState(self.stream_executor.fork(1)[0])
+    def copy(self, position_ids_offset: Optional[list[int]] = None) -> "ProgramStateCopy":
+        """A copy of this state (a fork of one), as it is once pending appends have run.
+
+        As in SGLang, `with s.copy() as c:` works on the copy and joins it when the block
+        ends: each variable the copy set becomes a one-element list in `s`. Unlike SGLang's
+        (a context manager only), the copy may also be used on its own: `c = s.copy()` is an
+        independent state that is never joined.
+        """
+        _check_position_ids_offset(position_ids_offset, 1)
+        return ProgramStateCopy(self.stream_executor.fork(1)[0], self)
 
     def get_var(self, name: str) -> Any:
         return self.stream_executor.get_var(name)
@@ -516,8 +560,17 @@ class ProgramState(StateOps):
         if ex.error_ is not None:
             raise ex.error_
 
-    async def text_async_iter(self, var_name: Optional[str] = None) -> AsyncIterator[str]:
-        """The asynchronous form of text_iter()."""
+    async def text_async_iter(
+        self, var_name: Optional[str] = None, return_meta_data: bool = False
+    ) -> AsyncIterator[Any]:
+        """The asynchronous form of text_iter().
+
+        With `return_meta_data=True` (a variable must be named) it yields `(chunk, meta_info)`
+        pairs: the meta info the backend sent with the latest piece (the final one for the
+        last chunk), as SGLang's frontend does.
+        """
+        if return_meta_data and var_name is None:
+            raise ValueError("text_async_iter(return_meta_data=True) needs a variable name")
         loop = asyncio.get_running_loop()
         pieces = self.text_iter(var_name)
         done = object()
@@ -525,7 +578,11 @@ class ProgramState(StateOps):
             chunk = await loop.run_in_executor(None, next, pieces, done)
             if chunk is done:
                 return
-            yield chunk
+            if return_meta_data:
+                assert var_name is not None
+                yield chunk, self.stream_executor.stream_meta(var_name)
+            else:
+                yield chunk
 
     def __getitem__(self, name: str) -> Any:
         return self.get_var(name)
@@ -581,11 +638,45 @@ class ProgramStateGroup:
     def __iter__(self) -> Iterator[ProgramState]:
         return iter(self.states)
 
-    def __iadd__(self, other: Union[str, SglExpr, Callable[[int], Any]]) -> "ProgramStateGroup":
-        """Append to every fork; a callable gets the fork's index and returns what to append."""
+    def __iadd__(
+        self, other: Union[str, SglExpr, list[Any], tuple[Any, ...], Callable[[int], Any]]
+    ) -> "ProgramStateGroup":
+        """Append to every fork: the same text or expression to each; item i of a list or tuple
+        to fork i; or what a callable returns for the fork's index."""
+        if isinstance(other, (list, tuple)):
+            if len(other) != len(self.states):
+                raise ValueError(
+                    f"cannot append {len(other)} items to {len(self.states)} forks: "
+                    "give one item per fork"
+                )
+            for state, item in zip(self.states, other):
+                state += item
+            return self
         for i, state in enumerate(self.states):
             state += other(i) if callable(other) and not isinstance(other, SglExpr) else other
         return self
+
+
+class ProgramStateCopy(ProgramState):
+    """What `s.copy()` returns: a state of its own that, used as a context manager, is joined
+    into its source when the block ends."""
+
+    def __init__(self, stream_executor: StreamExecutor, src_state: ProgramState) -> None:
+        super().__init__(stream_executor)
+        self.src_state = src_state
+
+    def __enter__(self) -> "ProgramStateCopy":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        ProgramStateGroup([self], self.src_state).join()
+
+
+def _check_position_ids_offset(offset: Optional[list[int]], size: int) -> None:
+    if offset is None:
+        return
+    if not isinstance(offset, (list, tuple)) or len(offset) != size:
+        raise ValueError(f"position_ids_offset={offset!r} must be a list of {size} ints")
 
 
 # ---------------------------------------------------------------- running programs

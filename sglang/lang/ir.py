@@ -187,6 +187,20 @@ class SglVideo(SglExpr):
         self.num_frames = num_frames
 
 
+class SglSeparateReasoning(SglExpr):
+    """Split the values of the gens in `expr` into reasoning and answer (see api.separate_reasoning)."""
+
+    def __init__(self, model_type: str, expr: SglExpr) -> None:
+        super().__init__()
+        self.model_type = model_type
+        self.expr = expr
+
+    def names(self) -> list[str]:
+        """The variables of the gens and selects in `expr`."""
+        exprs = self.expr.expr_list if isinstance(self.expr, SglExprList) else [self.expr]
+        return [e.name for e in exprs if isinstance(e, (SglGen, SglSelect)) and e.name]
+
+
 class SglRoleBegin(SglExpr):
     def __init__(self, role: str) -> None:
         super().__init__()

@@ -144,6 +144,10 @@ class RuntimeEndpoint(BaseBackend):
             is_json = "json" in resp.headers.get("Content-Type", "")
             return resp.json() if is_json else resp.text  # /flush_cache answers plain text
 
+    def stream_json(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """POST `body` with streaming; the JSON objects of the SSE answer, in order."""
+        return self._post_stream(path, body)
+
     def _post_stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """The JSON objects of an SSE answer, up to `data: [DONE]`."""
         with self._sessions.session() as sess:

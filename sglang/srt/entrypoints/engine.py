@@ -10,7 +10,7 @@ import multiprocessing
 import shutil
 import threading
 import weakref
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
 
 from sglang.srt.managers.io_struct import GenerateReqInput
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
@@ -147,6 +147,34 @@ class Engine:
             if self._loop is not None:
                 self._run(agen.aclose())
 
+    async def async_generate(
+        self,
+        prompt: Union[str, list[str], None] = None,
+        sampling_params: Union[dict, list[dict], None] = None,
+        input_ids: Union[list[int], list[list[int]], None] = None,
+        return_logprob: bool = False,
+        logprob_start_len: Optional[int] = None,
+        top_logprobs_num: Optional[int] = None,
+        stream: bool = False,
+        return_text_in_logprobs: bool = False,
+    ) -> Union[dict, list[dict], AsyncIterator[dict]]:
+        """generate() for asyncio code: awaits the answer on a worker thread, so the caller's
+        event loop keeps running; with stream=True it returns an async iterator of chunks."""
+        kwargs = dict(
+            prompt=prompt,
+            sampling_params=sampling_params,
+            input_ids=input_ids,
+            return_logprob=return_logprob,
+            logprob_start_len=logprob_start_len,
+            top_logprobs_num=top_logprobs_num,
+            return_text_in_logprobs=return_text_in_logprobs,
+        )
+        loop = asyncio.get_running_loop()
+        if stream:
+            chunks = await loop.run_in_executor(None, lambda: self.generate(stream=True, **kwargs))
+            return _aiter_on_thread(chunks)
+        return await loop.run_in_executor(None, lambda: self.generate(**kwargs))
+
     def get_server_info(self) -> dict[str, Any]:
         return self._run(self.tokenizer_manager.get_server_info())
 
@@ -180,3 +208,14 @@ def _shutdown_ref(ref: "weakref.ref[Engine]") -> None:
     engine = ref()
     if engine is not None:
         engine.shutdown()
+
+
+async def _aiter_on_thread(items: Iterator[dict]) -> AsyncIterator[dict]:
+    """An async iterator over a blocking iterator, each step taken on a worker thread."""
+    loop = asyncio.get_running_loop()
+    done = object()
+    while True:
+        item = await loop.run_in_executor(None, next, items, done)
+        if item is done:
+            return
+        yield item
