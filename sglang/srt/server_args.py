@@ -30,7 +30,9 @@ class ServerArgs:
     max_total_tokens: Optional[int] = None  # KV pool size in tokens; None: from free memory
     max_running_requests: Optional[int] = None
     chunked_prefill_size: int = 512
-    max_prefill_tokens: int = 4096
+    # New tokens of one prefill pass, all requests together (chunked_prefill_size: of one
+    # request). None: chunked_prefill_size.
+    max_prefill_tokens: Optional[int] = None
     schedule_policy: str = "lpm"  # lpm | fcfs
     disable_radix_cache: bool = False
     mem_fraction_static: float = 0.25  # share of free memory given to the KV pool when not set
@@ -43,7 +45,9 @@ class ServerArgs:
     log_level: str = "info"
     random_seed: int = 0
     num_threads: Optional[int] = None  # torch threads in the scheduler; None: all cores
-    stream_interval: int = 1
+    stream_interval: int = 1  # output tokens per streamed chunk (the first token goes at once)
+    # Seconds one scheduler step may run; longer, the scheduler logs what it was doing and exits
+    # (and the HTTP server answers 503 and exits with it), so a supervisor can restart them.
     watchdog_timeout: float = 600.0
 
     def __post_init__(self) -> None:
@@ -65,7 +69,15 @@ class ServerArgs:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {allowed}")
-        positive = ("context_length", "max_total_tokens", "max_running_requests", "num_threads")
+        positive = (
+            "context_length",
+            "max_total_tokens",
+            "max_running_requests",
+            "num_threads",
+            "max_prefill_tokens",
+            "stream_interval",
+            "watchdog_timeout",
+        )
         for name in positive:
             value = getattr(self, name)
             if value is not None and value <= 0:

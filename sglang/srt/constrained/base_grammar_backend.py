@@ -69,7 +69,8 @@ class BaseGrammarBackend(ABC):
 
     The scheduler calls `get_future` when a constrained request arrives, polls the future between
     steps (so compiling never blocks its loop), and gives each request `template.copy()`. The
-    HTTP process calls `validate` to answer a bad constraint with HTTP 400.
+    scheduler ends a request whose grammar fails to compile as invalid (the HTTP process answers
+    it with a 400); `validate` compiles and raises, for callers outside the scheduler.
     """
 
     def __init__(self, vocab_size: int, max_cache_size: int = 256, num_threads: int = 2,

@@ -19,7 +19,13 @@ import fastapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sglang.srt.managers.io_struct import GenerateReqInput
+from sglang.srt.entrypoints.http_common import (
+    SERVING_ERRORS,
+    RequestAborted,
+    first_output,
+    status_for,
+)
+from sglang.srt.managers.io_struct import GenerateOutput, GenerateReqInput
 
 if TYPE_CHECKING:
     from sglang.srt.managers.tokenizer_manager import TokenizerManager
@@ -90,17 +96,16 @@ def add_anthropic_routes(
         try:
             obj = build_generate_request(req, tm)
             outputs = tm.generate_request(obj, raw_request)
-            first = await outputs.__anext__()
-        except ValueError as e:
-            return error_response(str(e))
+            first = await first_output(outputs)
+            if not req.stream:
+                await outputs.aclose()  # NOTE: releases the request's state in the manager now
+                _raise_if_aborted(first)
+        except SERVING_ERRORS as e:
+            return exception_response(e)
         if req.stream:
             return StreamingResponse(
                 _stream_events(req, tm, first, outputs), media_type="text/event-stream"
             )
-        await outputs.aclose()  # NOTE: releases the request's state in the tokenizer manager now
-        aborted = _abort_message(first["meta_info"])
-        if aborted is not None:
-            return error_response(aborted, 500, "api_error")
         return JSONResponse(_message_response(req, tm, first))
 
 
@@ -109,6 +114,19 @@ def error_response(
 ) -> JSONResponse:
     """An Anthropic-style error response."""
     return JSONResponse(_error_body(message, kind), status_code=status_code)
+
+
+def exception_response(e: Exception) -> JSONResponse:
+    """The shared status mapping (http_common.status_for), in Anthropic's error shape."""
+    status = status_for(e)
+    kind = {400: "invalid_request_error", 499: "request_cancelled"}.get(status, "overloaded_error")
+    return error_response(str(e), status, kind)
+
+
+def _raise_if_aborted(out: GenerateOutput) -> None:
+    reason = out.finish_reason
+    if reason is not None and reason.is_abort:
+        raise RequestAborted(reason.message or "the request was aborted")
 
 
 def _error_body(message: str, kind: str = "invalid_request_error") -> dict[str, Any]:
@@ -188,37 +206,36 @@ def build_generate_request(req: MessagesRequest, tm: "TokenizerManager") -> Gene
 
 
 def stop_reason(
-    meta_info: dict[str, Any], stop_sequences: Optional[list[str]]
+    out: GenerateOutput, stop_sequences: Optional[list[str]]
 ) -> tuple[str, Optional[str]]:
     """(stop_reason, stop_sequence) of a finished native output."""
-    finish = meta_info.get("finish_reason") or {}
-    if finish.get("type") == "length":
+    finish = out.finish_reason
+    if finish is not None and finish.type == "length":
         return "max_tokens", None
-    matched = finish.get("matched")
+    matched = finish.matched if finish is not None else None
     if isinstance(matched, str) and stop_sequences and matched in stop_sequences:
         return "stop_sequence", matched
     return "end_turn", None
 
 
 def _message_response(
-    req: MessagesRequest, tm: "TokenizerManager", out: dict[str, Any]
+    req: MessagesRequest, tm: "TokenizerManager", out: GenerateOutput
 ) -> dict[str, Any]:
-    meta = out["meta_info"]
-    reason, sequence = stop_reason(meta, req.stop_sequences)
+    reason, sequence = stop_reason(out, req.stop_sequences)
     return {
-        **_message_head(meta, tm),
-        "content": [{"type": "text", "text": out["text"]}],
+        **_message_head(out, tm),
+        "content": [{"type": "text", "text": out.text}],
         "stop_reason": reason,
         "stop_sequence": sequence,
         "usage": {
-            "input_tokens": meta["prompt_tokens"],
-            "output_tokens": meta["completion_tokens"],
+            "input_tokens": out.prompt_tokens,
+            "output_tokens": out.completion_tokens,
         },
     }
 
 
-def _message_head(meta: dict[str, Any], tm: "TokenizerManager") -> dict[str, Any]:
-    rid = meta.get("id") or f"msg_{uuid.uuid4().hex}"
+def _message_head(out: GenerateOutput, tm: "TokenizerManager") -> dict[str, Any]:
+    rid = out.rid or f"msg_{uuid.uuid4().hex}"
     if not str(rid).startswith("msg_"):
         rid = f"msg_{rid}"
     return {"id": rid, "type": "message", "role": "assistant", "model": tm.served_model_name}
@@ -231,8 +248,8 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 async def _stream_events(
     req: MessagesRequest,
     tm: "TokenizerManager",
-    first: dict[str, Any],
-    rest: AsyncGenerator[dict[str, Any], None],
+    first: GenerateOutput,
+    rest: AsyncGenerator[GenerateOutput, None],
 ) -> AsyncIterator[bytes]:
     """The documented event sequence: message_start, content_block_start, ping, deltas, stops."""
     for event in _opening_events(tm, first):
@@ -240,33 +257,30 @@ async def _stream_events(
     last, sent = first, 0
     try:
         async for out in _chain(first, rest):
-            last, delta, sent = out, out["text"][sent:], len(out["text"])
+            last, delta, sent = out, out.text[sent:], len(out.text)
             if delta:
                 text_delta = {"type": "text_delta", "text": delta}
                 body = {"type": "content_block_delta", "index": 0, "delta": text_delta}
                 yield _sse("content_block_delta", body)
-    except ValueError as e:
+        _raise_if_aborted(last)
+    except SERVING_ERRORS as e:
         # NOTE: the status line is already sent; the documented way to fail now is an error event.
-        yield _sse("error", _error_body(str(e)))
+        kind = "invalid_request_error" if status_for(e) == 400 else "overloaded_error"
+        yield _sse("error", _error_body(str(e), kind))
         return
     finally:
         await rest.aclose()
-    aborted = _abort_message(last["meta_info"])
-    if aborted is not None:
-        yield _sse("error", _error_body(aborted, "api_error"))
-        return
-    for event in _closing_events(req, last["meta_info"]):
+    for event in _closing_events(req, last):
         yield event
 
 
-def _opening_events(tm: "TokenizerManager", first: dict[str, Any]) -> list[bytes]:
-    meta = first["meta_info"]
+def _opening_events(tm: "TokenizerManager", first: GenerateOutput) -> list[bytes]:
     start = {
-        **_message_head(meta, tm),
+        **_message_head(first, tm),
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": {"input_tokens": meta["prompt_tokens"], "output_tokens": 0},
+        "usage": {"input_tokens": first.prompt_tokens, "output_tokens": 0},
     }
     block = {
         "type": "content_block_start",
@@ -280,12 +294,12 @@ def _opening_events(tm: "TokenizerManager", first: dict[str, Any]) -> list[bytes
     ]
 
 
-def _closing_events(req: MessagesRequest, meta: dict[str, Any]) -> list[bytes]:
-    reason, sequence = stop_reason(meta, req.stop_sequences)
+def _closing_events(req: MessagesRequest, out: GenerateOutput) -> list[bytes]:
+    reason, sequence = stop_reason(out, req.stop_sequences)
     message_delta = {
         "type": "message_delta",
         "delta": {"stop_reason": reason, "stop_sequence": sequence},
-        "usage": {"output_tokens": meta["completion_tokens"]},
+        "usage": {"output_tokens": out.completion_tokens},
     }
     return [
         _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
@@ -294,16 +308,9 @@ def _closing_events(req: MessagesRequest, meta: dict[str, Any]) -> list[bytes]:
     ]
 
 
-def _abort_message(meta: dict[str, Any]) -> Optional[str]:
-    finish = meta.get("finish_reason") or {}
-    if finish.get("type") != "abort":
-        return None
-    return str(finish.get("message") or "the request was aborted")
-
-
 async def _chain(
-    first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]
-) -> AsyncIterator[dict[str, Any]]:
+    first: GenerateOutput, rest: AsyncIterator[GenerateOutput]
+) -> AsyncIterator[GenerateOutput]:
     yield first
     async for out in rest:
         yield out

@@ -12,7 +12,7 @@ import threading
 import weakref
 from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
 
-from sglang.srt.managers.io_struct import GenerateReqInput
+from sglang.srt.managers.io_struct import GenerateReqInput, outputs_json
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
 from sglang.srt.server_args import PortArgs, ServerArgs
 
@@ -44,7 +44,7 @@ def launch_subprocesses(
     scheduler_args = dataclasses.replace(server_args)
     scheduler_args.model_path = resolve_model_path(server_args.model_path)
     if target is None:
-        from sglang.srt.managers.scheduler import run_scheduler_process as target
+        from sglang.srt.managers.scheduler_process import run_scheduler_process as target
     port_args = PortArgs.new()
     ctx = multiprocessing.get_context("spawn")
     # NOTE: daemon, so the scheduler is terminated when this process exits normally; the
@@ -132,7 +132,7 @@ class Engine:
     async def _collect(self, obj: GenerateReqInput) -> Any:
         result = None
         async for out in self.tokenizer_manager.generate_request(obj):
-            result = out
+            result = outputs_json(out)
         return result
 
     def _stream(self, obj: GenerateReqInput) -> Iterator[dict]:
@@ -140,7 +140,7 @@ class Engine:
         try:
             while True:
                 try:
-                    yield self._run(agen.__anext__())
+                    yield outputs_json(self._run(agen.__anext__()))
                 except StopAsyncIteration:
                     return
         finally:

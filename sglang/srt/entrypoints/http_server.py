@@ -24,18 +24,20 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from sglang.srt.entrypoints.engine import launch_subprocesses
-from sglang.srt.entrypoints.openai_api import (
+from sglang.srt.entrypoints.http_common import (
+    SERVING_ERRORS,
     SSE_DONE,
     RequestError,
-    add_openai_routes,
     error_response,
     exception_response,
     first_output,
     json_response,
     read_json,
     sse,
+    sse_error,
 )
-from sglang.srt.managers.io_struct import GenerateReqInput
+from sglang.srt.entrypoints.openai_api import add_openai_routes
+from sglang.srt.managers.io_struct import GenerateReqInput, outputs_json
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
 from sglang.srt.server_args import ServerArgs
 
@@ -164,14 +166,12 @@ async def _generate(tm: TokenizerManager, request: Request) -> Response:
         obj = _generate_input(await read_json(request))
         gen = tm.generate_request(obj, request)
         first = await first_output(gen)
-    except (ValueError, RuntimeError) as e:
+    except SERVING_ERRORS as e:
         return exception_response(e)
-    if first is None:
-        return error_response("client disconnected", 499)
     if obj.stream:
         return StreamingResponse(_sse_stream(first, gen), media_type="text/event-stream")
     await gen.aclose()
-    return json_response(first)
+    return json_response(outputs_json(first))
 
 
 def _generate_input(body: Any) -> GenerateReqInput:
@@ -189,11 +189,11 @@ def _generate_input(body: Any) -> GenerateReqInput:
 
 async def _sse_stream(first: Any, gen: AsyncIterator[Any]) -> AsyncIterator[bytes]:
     try:
-        yield sse(first)
+        yield sse(outputs_json(first))
         async for out in gen:
-            yield sse(out)
+            yield sse(outputs_json(out))
     except (ValueError, RuntimeError) as e:
-        yield sse({"error": {"message": str(e)}})
+        yield sse_error(e)
     finally:
         await gen.aclose()
     yield SSE_DONE
@@ -223,7 +223,7 @@ async def _health_generate(tm: TokenizerManager, request: Request) -> Response:
     except (asyncio.TimeoutError, RuntimeError, ValueError) as e:
         logger.error("health_generate failed: %r", e)
         return Response(status_code=503)
-    ok = out is not None and out["meta_info"]["finish_reason"]["type"] != "abort"
+    ok = out is not None and out.finish_reason is not None and not out.finish_reason.is_abort
     return Response(status_code=200 if ok else 503)
 
 

@@ -9,83 +9,26 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Literal, Optiona
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from sglang.srt.managers.io_struct import GenerateReqInput
+from sglang.srt.entrypoints.http_common import (
+    SERVING_ERRORS,
+    SSE_DONE,
+    RequestError,
+    exception_response,
+    first_output,
+    json_response,
+    parse_body,
+    read_json,
+    sse,
+    sse_error,
+)
+from sglang.srt.managers.io_struct import GenerateOutput, GenerateReqInput, LogprobEntry
 
 if TYPE_CHECKING:
     from sglang.srt.managers.tokenizer_manager import TokenizerManager
 
 GetTokenizerManager = Callable[[], "TokenizerManager"]
-
-SSE_DONE = b"data: [DONE]\n\n"
-
-
-# -------------------------------------------------------------------- shared HTTP helpers
-
-
-class RequestError(ValueError):
-    """Bad user input; `param` names the offending request field when known."""
-
-    def __init__(self, message: str, param: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-def json_response(content: Any, status_code: int = 200) -> Response:
-    # NOTE: allow_nan: a logprob may be -inf (a token the grammar masked out).
-    body = json.dumps(content, ensure_ascii=False, allow_nan=True)
-    return Response(body, status_code=status_code, media_type="application/json")
-
-
-def error_response(
-    message: str, status_code: int = 400, param: Optional[str] = None, err_type: str = ""
-) -> Response:
-    """The OpenAI error shape, used by every route: {"error": {"message", "type", "param", "code"}}."""
-    kind = err_type or ("invalid_request_error" if status_code < 500 else "server_error")
-    error = {"message": message, "type": kind, "param": param, "code": status_code}
-    return json_response({"error": error}, status_code)
-
-
-def exception_response(e: Exception) -> Response:
-    """ValueError -> 400 naming the problem; RuntimeError (scheduler gone) -> 503."""
-    if isinstance(e, ValueError):
-        return error_response(str(e), 400, getattr(e, "param", None))
-    return error_response(str(e), 503, err_type="service_unavailable")
-
-
-def sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
-
-
-async def read_json(request: Request) -> Any:
-    body = await request.body()
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(f"malformed JSON body: {e}") from None
-
-
-def parse_body(model: type[BaseModel], body: Any) -> Any:
-    if not isinstance(body, dict):
-        raise RequestError(f"the request body must be a JSON object, got {type(body).__name__}")
-    try:
-        return model.model_validate(body)
-    except ValidationError as e:
-        errors = e.errors()
-        parts = [
-            f"{'.'.join(str(x) for x in err['loc']) or 'body'}: {err['msg']}" for err in errors
-        ]
-        param = ".".join(str(x) for x in errors[0]["loc"]) if errors else None
-        raise RequestError("; ".join(parts), param) from None
-
-
-async def first_output(gen: AsyncIterator[Any]) -> Any:
-    """Run a generation up to its first output, so validation errors surface before a response."""
-    try:
-        return await gen.__anext__()
-    except StopAsyncIteration:
-        return None  # the client disconnected before anything came out
 
 
 # -------------------------------------------------------------------- protocol models
@@ -120,6 +63,7 @@ class _SamplingFields(_Strict):
     repetition_penalty: Optional[float] = None
     min_tokens: Optional[int] = Field(None, ge=0)
     stop_token_ids: Optional[list[int]] = None
+    stop_regex: Optional[Union[str, list[str]]] = None
     ignore_eos: Optional[bool] = None
     skip_special_tokens: Optional[bool] = None
     no_stop_trim: Optional[bool] = None
@@ -188,6 +132,7 @@ def _sampling_dict(req: _SamplingFields, max_new_tokens: int) -> dict[str, Any]:
         "min_p": req.min_p,
         "repetition_penalty": req.repetition_penalty,
         "stop_token_ids": req.stop_token_ids,
+        "stop_regex": req.stop_regex,
         "ignore_eos": req.ignore_eos,
         "skip_special_tokens": req.skip_special_tokens,
         "no_stop_trim": req.no_stop_trim,
@@ -243,22 +188,18 @@ def _chat_sampling(tm: TokenizerManager, req: ChatCompletionRequest) -> dict[str
 # -------------------------------------------------------------------- output -> OpenAI
 
 
-def _finish_reason(meta: dict[str, Any]) -> tuple[Optional[str], Any]:
-    reason = meta.get("finish_reason")
+def _finish_reason(out: GenerateOutput) -> tuple[Optional[str], Any]:
+    reason = out.finish_reason
     if reason is None:
         return None, None
-    kind = reason.get("type")
-    return ("stop" if kind == "stop" else "length" if kind == "length" else "abort"), reason.get(
-        "matched"
-    )
+    return reason.type, reason.matched
 
 
-def _usage(outs: list[dict[str, Any]], n: int) -> dict[str, Any]:
+def _usage(outs: list[GenerateOutput], n: int) -> dict[str, Any]:
     """Prompt tokens count once per prompt (not per sample); completion tokens per sample."""
-    metas = [o["meta_info"] for o in outs]
-    prompt = sum(m["prompt_tokens"] for m in metas[::n])
-    completion = sum(m["completion_tokens"] for m in metas)
-    cached = sum(m["cached_tokens"] for m in metas[::n])
+    prompt = sum(o.prompt_tokens for o in outs[::n])
+    completion = sum(o.completion_tokens for o in outs)
+    cached = sum(o.cached_tokens for o in outs[::n])
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -267,8 +208,8 @@ def _usage(outs: list[dict[str, Any]], n: int) -> dict[str, Any]:
     }
 
 
-def _entry_text(tm: TokenizerManager, entry: list) -> str:
-    return entry[2] if entry[2] is not None else tm.token_text(entry[1])
+def _entry_text(tm: TokenizerManager, entry: LogprobEntry) -> str:
+    return entry.text if entry.text is not None else tm.token_text(entry.token_id)
 
 
 class _CompletionLogprobs:
@@ -288,12 +229,12 @@ class _CompletionLogprobs:
         for k, entry in enumerate(entries):
             text = _entry_text(self.tm, entry)
             out["tokens"].append(text)
-            out["token_logprobs"].append(entry[0])
+            out["token_logprobs"].append(entry.logprob)
             out["text_offset"].append(self.offset)
             self.offset += len(text)
             top = tops[k] if k < len(tops) else None
             out["top_logprobs"].append(
-                None if top is None else {_entry_text(self.tm, t): t[0] for t in top}
+                None if top is None else {_entry_text(self.tm, t): t.logprob for t in top}
             )
         return out
 
@@ -308,12 +249,12 @@ def _chat_logprobs(tm: TokenizerManager, entries: list, tops: list) -> list[dict
     return content
 
 
-def _chat_token(tm: TokenizerManager, entry: list) -> dict[str, Any]:
+def _chat_token(tm: TokenizerManager, entry: LogprobEntry) -> dict[str, Any]:
     text = _entry_text(tm, entry)
-    return {"token": text, "logprob": entry[0], "bytes": list(text.encode("utf-8"))}
+    return {"token": text, "logprob": entry.logprob, "bytes": list(text.encode("utf-8"))}
 
 
-def _as_list(first: Any) -> list[dict[str, Any]]:
+def _as_list(first: Any) -> list[GenerateOutput]:
     return first if isinstance(first, list) else [first]
 
 
@@ -334,10 +275,10 @@ class _OpenAICall:
         self.created = int(time.time())
         self.model = req.model or tm.served_model_name
 
-    def choice(self, index: int, out: dict[str, Any]) -> dict[str, Any]:
+    def choice(self, index: int, out: GenerateOutput) -> dict[str, Any]:
         raise NotImplementedError()
 
-    def response(self, outs: list[dict[str, Any]]) -> dict[str, Any]:
+    def response(self, outs: list[GenerateOutput]) -> dict[str, Any]:
         return {
             "id": self.id,
             "object": self.OBJECT,
@@ -389,27 +330,26 @@ class _CompletionCall(_OpenAICall):
         assert self.ids is not None
         return self.tm.tokenizer.decode(self.ids[i])
 
-    def logprob_parts(self, meta: dict[str, Any], with_prompt: bool) -> tuple[list, list]:
-        entries = list(meta.get("output_token_logprobs", []))
-        tops = list(meta.get("output_top_logprobs", []))
+    def logprob_parts(self, out: GenerateOutput, with_prompt: bool) -> tuple[list, list]:
+        entries = list(out.output_token_logprobs)
+        tops = list(out.output_top_logprobs)
         if with_prompt:
-            entries = list(meta.get("input_token_logprobs", [])) + entries
-            tops = list(meta.get("input_top_logprobs", [])) + tops
+            entries = list(out.input_token_logprobs) + entries
+            tops = list(out.input_top_logprobs) + tops
         return entries, tops
 
-    def choice(self, index: int, out: dict[str, Any]) -> dict[str, Any]:
-        meta = out["meta_info"]
+    def choice(self, index: int, out: GenerateOutput) -> dict[str, Any]:
         prefix = self.prompt_text(index) if self.req.echo else ""
-        finish, matched = _finish_reason(meta)
+        finish, matched = _finish_reason(out)
         logprobs = None
         if self.req.logprobs is not None:
             start = 0 if self.req.echo else len(self.prompt_text(index))
             logprobs = _CompletionLogprobs(self.tm, start).build(
-                *self.logprob_parts(meta, self.req.echo)
+                *self.logprob_parts(out, self.req.echo)
             )
         return {
             "index": index,
-            "text": prefix + out["text"],
+            "text": prefix + out.text,
             "logprobs": logprobs,
             "finish_reason": finish,
             "matched_stop": matched,
@@ -419,12 +359,12 @@ class _CompletionCall(_OpenAICall):
         sent_text: dict[int, int] = {}
         sent_lp: dict[int, int] = {}
         builders: dict[int, _CompletionLogprobs] = {}
-        finals: dict[int, dict[str, Any]] = {}
+        finals: dict[int, GenerateOutput] = {}
         try:
             async for out in _chain(first, gen):
-                k = out.get("index", 0)
+                k = out.index or 0
                 piece = self._stream_choice(k, out, sent_text, sent_lp, builders)
-                if out["meta_info"]["finish_reason"] is not None:
+                if out.finish_reason is not None:
                     finals[k] = out
                 if piece is not None:
                     yield self.chunk([piece])
@@ -432,22 +372,21 @@ class _CompletionCall(_OpenAICall):
                 outs = [finals[k] for k in sorted(finals)]
                 yield self.chunk([], _usage(outs, self.req.n))
         except (ValueError, RuntimeError) as e:
-            yield sse({"error": {"message": str(e), "type": "invalid_request_error", "code": 400}})
+            yield sse_error(e)
         yield SSE_DONE
 
     def _stream_choice(
-        self, k: int, out: dict, sent_text: dict, sent_lp: dict, builders: dict
+        self, k: int, out: GenerateOutput, sent_text: dict, sent_lp: dict, builders: dict
     ) -> Optional[dict[str, Any]]:
-        meta = out["meta_info"]
         first_time = k not in sent_text
-        delta = out["text"][sent_text.get(k, 0) :]
-        sent_text[k] = len(out["text"])
+        delta = out.text[sent_text.get(k, 0) :]
+        sent_text[k] = len(out.text)
         if first_time and self.req.echo:
             delta = self.prompt_text(k) + delta
-        finish, matched = _finish_reason(meta)
+        finish, matched = _finish_reason(out)
         logprobs = None
         if self.req.logprobs is not None:
-            entries, tops = self.logprob_parts(meta, self.req.echo)
+            entries, tops = self.logprob_parts(out, self.req.echo)
             done = sent_lp.get(k, 0)
             sent_lp[k] = len(entries)
             if k not in builders:
@@ -490,19 +429,19 @@ class _ChatCall(_OpenAICall):
             stream=req.stream,
         )
 
-    def logprobs(self, meta: dict[str, Any], start: int = 0) -> Optional[dict[str, Any]]:
+    def logprobs(self, out: GenerateOutput, start: int = 0) -> Optional[dict[str, Any]]:
         if not self.req.logprobs:
             return None
-        entries = meta.get("output_token_logprobs", [])[start:]
-        tops = meta.get("output_top_logprobs", [])[start:]
+        entries = out.output_token_logprobs[start:]
+        tops = out.output_top_logprobs[start:]
         return {"content": _chat_logprobs(self.tm, entries, tops)}
 
-    def choice(self, index: int, out: dict[str, Any]) -> dict[str, Any]:
-        finish, matched = _finish_reason(out["meta_info"])
+    def choice(self, index: int, out: GenerateOutput) -> dict[str, Any]:
+        finish, matched = _finish_reason(out)
         return {
             "index": index,
-            "message": {"role": "assistant", "content": out["text"]},
-            "logprobs": self.logprobs(out["meta_info"]),
+            "message": {"role": "assistant", "content": out.text},
+            "logprobs": self.logprobs(out),
             "finish_reason": finish,
             "matched_stop": matched,
         }
@@ -510,10 +449,10 @@ class _ChatCall(_OpenAICall):
     async def stream(self, first: Any, gen: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         sent_text: dict[int, int] = {}
         sent_lp: dict[int, int] = {}
-        finals: dict[int, dict[str, Any]] = {}
+        finals: dict[int, GenerateOutput] = {}
         try:
             async for out in _chain(first, gen):
-                k = out.get("index", 0)
+                k = out.index or 0
                 if k not in sent_text:
                     sent_text[k] = 0
                     role = {"role": "assistant", "content": ""}
@@ -522,22 +461,23 @@ class _ChatCall(_OpenAICall):
                     )
                 for piece in self._stream_choices(k, out, sent_text, sent_lp):
                     yield self.chunk([piece])
-                if out["meta_info"]["finish_reason"] is not None:
+                if out.finish_reason is not None:
                     finals[k] = out
             if self.req.stream_options and self.req.stream_options.include_usage:
                 outs = [finals[k] for k in sorted(finals)]
                 yield self.chunk([], _usage(outs, self.req.n))
         except (ValueError, RuntimeError) as e:
-            yield sse({"error": {"message": str(e), "type": "invalid_request_error", "code": 400}})
+            yield sse_error(e)
         yield SSE_DONE
 
-    def _stream_choices(self, k: int, out: dict, sent_text: dict, sent_lp: dict) -> list[dict]:
-        meta = out["meta_info"]
-        delta = out["text"][sent_text[k] :]
-        sent_text[k] = len(out["text"])
+    def _stream_choices(
+        self, k: int, out: GenerateOutput, sent_text: dict, sent_lp: dict
+    ) -> list[dict]:
+        delta = out.text[sent_text[k] :]
+        sent_text[k] = len(out.text)
         start = sent_lp.get(k, 0)
-        sent_lp[k] = len(meta.get("output_token_logprobs", []))
-        logprobs = self.logprobs(meta, start)
+        sent_lp[k] = len(out.output_token_logprobs)
+        logprobs = self.logprobs(out, start)
         pieces = []
         if delta or (logprobs and logprobs["content"]):
             pieces.append(
@@ -548,7 +488,7 @@ class _ChatCall(_OpenAICall):
                     "finish_reason": None,
                 }
             )
-        finish, matched = _finish_reason(meta)
+        finish, matched = _finish_reason(out)
         if finish is not None:
             pieces.append(
                 {
@@ -562,7 +502,7 @@ class _ChatCall(_OpenAICall):
         return pieces
 
 
-async def _chain(first: Any, gen: AsyncIterator[Any]) -> AsyncIterator[dict[str, Any]]:
+async def _chain(first: Any, gen: AsyncIterator[Any]) -> AsyncIterator[GenerateOutput]:
     """The primed first output (dict or list) followed by the rest of the generator."""
     try:
         for out in _as_list(first):
@@ -608,10 +548,8 @@ async def _serve(tm: TokenizerManager, request: Request, model: type, call_type:
         call = call_type(tm, req)
         gen = tm.generate_request(call.native, request)
         first = await first_output(gen)
-    except (ValueError, RuntimeError) as e:
+    except SERVING_ERRORS as e:
         return exception_response(e)
-    if first is None:
-        return error_response("client disconnected", 499)
     if req.stream:
         return StreamingResponse(call.stream(first, gen), media_type="text/event-stream")
     await gen.aclose()

@@ -63,6 +63,16 @@ class IncrementalDetokenizer:
         self._emitted = max(self._emitted, len(stable))
         return delta
 
+    def checkpoint(self) -> tuple[int, int, int, int, int]:
+        """The state before the next `append`, for `restore` (a rolled-back token)."""
+        return (len(self._ids), self._prefix_offset, self._read_offset, self._emitted,
+                self._unstable_steps)
+
+    def restore(self, state: tuple[int, int, int, int, int]) -> None:
+        """Go back to a `checkpoint()`: as if the tokens appended since were never seen."""
+        n, self._prefix_offset, self._read_offset, self._emitted, self._unstable_steps = state
+        del self._ids[n:]
+
     def flush(self) -> str:
         """All text not yet returned, an incomplete character included (as U+FFFD)."""
         return self._take_all(self._decode(self._ids[self._prefix_offset :]))
@@ -178,6 +188,8 @@ class OutputStream:
         )
         self.stop_checker = StopChecker(stop_strs, no_stop_trim, stop_regexes)
         self._held = ""  # decoded text not yet streamed: a possible start of a stop string
+        # Text already streamed; kept only for stop patterns, which search the whole output.
+        self._sent = ""
         self.finished = False
 
     @classmethod
@@ -201,6 +213,15 @@ class OutputStream:
         assert not self.finished, "append() after the stream finished"
         return self._push(self.detokenizer.append(new_ids), check_stop)
 
+    def checkpoint(self) -> tuple[Any, str, str, bool]:
+        """The state before the next `append` (see `rewind`)."""
+        return self.detokenizer.checkpoint(), self._held, self._sent, self.finished
+
+    def rewind(self, state: tuple[Any, str, str, bool]) -> None:
+        """Undo the appends since `checkpoint()`; the caller drops the text they returned."""
+        detok, self._held, self._sent, self.finished = state
+        self.detokenizer.restore(detok)
+
     def finish(self) -> StreamStep:
         """End the stream: flush the detokenizer and release held text (a stop string that
         the flushed text completes still trims it)."""
@@ -214,11 +235,25 @@ class OutputStream:
     def _push(self, delta: str, check_stop: bool) -> StreamStep:
         window = self._held + delta
         if check_stop:
-            match = self.stop_checker.check(window, len(self._held))
+            match = self._match(window)
             if match is not None:
                 self._held = ""
                 self.finished = True
-                return StreamStep(window[: match.cut], match.stop_str)
+                return self._emit(window[: match.cut], match.stop_str)
         safe = self.stop_checker.safe_prefix_len(window)
         self._held = window[safe:]
-        return StreamStep(window[:safe], None)
+        return self._emit(window[:safe], None)
+
+    def _match(self, window: str) -> Optional[StopMatch]:
+        if not self.stop_checker.stop_patterns:
+            return self.stop_checker.check(window, len(self._held))
+        # NOTE: a pattern may match across text already streamed; that text stays sent.
+        match = self.stop_checker.check(self._sent + window, len(self._sent) + len(self._held))
+        if match is None:
+            return None
+        return StopMatch(max(match.cut - len(self._sent), 0), match.stop_str)
+
+    def _emit(self, text: str, matched_stop: Optional[str]) -> StreamStep:
+        if self.stop_checker.stop_patterns:
+            self._sent += text
+        return StreamStep(text, matched_stop)

@@ -3,13 +3,14 @@
 Each message is a small dataclass sent pickled over ZMQ. The tokenizer manager sends
 TokenizedGenerateReqInput / AbortReq / FlushCacheReq / GetServerInfoReq; the scheduler answers
 with BatchReqOutput once per step (for every request that produced something) and with the
-*Reply messages.
+*Reply messages. What a request produced stays typed (FinishReason, TokenLogprob, LogprobEntry,
+GenerateOutput) until the HTTP edge turns it into JSON with `to_json()`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 from sglang.srt.sampling.sampling_params import SamplingParams
 
@@ -45,6 +46,57 @@ class TokenizedGenerateReqInput:
     stream: bool = False
 
 
+@dataclass(frozen=True)
+class FinishReason:
+    """Why a request ended. JSON: {"type": "stop", "matched": token id, stop string or null},
+    {"type": "length", "length": n} or {"type": "abort", "message": text}."""
+
+    type: str  # "stop" | "length" | "abort"
+    matched: Union[int, str, None] = None  # stop: the EOS/stop token id or stop string
+    length: Optional[int] = None  # length: max_new_tokens
+    message: Optional[str] = None  # abort: what happened
+    # abort: the request itself was invalid (e.g. its grammar does not compile): HTTP 400
+    invalid_request: bool = False
+
+    @classmethod
+    def stop(cls, matched: Union[int, str, None]) -> FinishReason:
+        return cls("stop", matched=matched)
+
+    @classmethod
+    def for_length(cls, length: int) -> FinishReason:
+        return cls("length", length=length)
+
+    @classmethod
+    def abort(cls, message: str, invalid_request: bool = False) -> FinishReason:
+        return cls("abort", message=message, invalid_request=invalid_request)
+
+    @property
+    def is_abort(self) -> bool:
+        return self.type == "abort"
+
+    def to_json(self) -> dict[str, Any]:
+        if self.type == "stop":
+            return {"type": "stop", "matched": self.matched}
+        if self.type == "length":
+            return {"type": "length", "length": self.length}
+        return {"type": "abort", "message": self.message}
+
+
+class TokenLogprob(NamedTuple):
+    """One token's logprob as the scheduler sends it (None: the first prompt token has none)."""
+
+    logprob: Optional[float]
+    token_id: int
+
+
+class LogprobEntry(NamedTuple):
+    """A logprob entry in the HTTP process; JSON `[logprob, token_id, token_text_or_null]`."""
+
+    logprob: Optional[float]
+    token_id: int
+    text: Optional[str]
+
+
 @dataclass
 class ReqOutput:
     """What one request produced in one scheduler step (deltas, not totals)."""
@@ -52,17 +104,64 @@ class ReqOutput:
     rid: str
     text_delta: str  # newly decoded text, stop strings already trimmed
     output_ids: list[int]  # newly appended output token ids
-    # None while running; else {"type": "stop"|"length"|"abort", "matched"|"length"|"message": ...}
-    finish_reason: Optional[dict[str, Any]]
+    finish_reason: Optional[FinishReason]  # None while running
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
-    # Logprob entries are (logprob, token_id); top entries are lists of (logprob, token_id).
     # The input lists are sent once, with the first output of the request.
-    input_token_logprobs: Optional[list[tuple[Optional[float], int]]] = None
-    input_top_logprobs: Optional[list[Optional[list[tuple[float, int]]]]] = None
-    output_token_logprobs: Optional[list[tuple[float, int]]] = None
-    output_top_logprobs: Optional[list[list[tuple[float, int]]]] = None
+    input_token_logprobs: Optional[list[TokenLogprob]] = None
+    input_top_logprobs: Optional[list[Optional[list[TokenLogprob]]]] = None
+    output_token_logprobs: Optional[list[TokenLogprob]] = None
+    output_top_logprobs: Optional[list[list[TokenLogprob]]] = None
+
+
+@dataclass
+class GenerateOutput:
+    """One request's output so far (cumulative), as the tokenizer manager hands it to routes."""
+
+    rid: str
+    text: str
+    output_ids: list[int]
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    finish_reason: Optional[FinishReason]
+    return_logprob: bool = False
+    input_token_logprobs: list[LogprobEntry] = field(default_factory=list)
+    input_top_logprobs: list[Optional[list[LogprobEntry]]] = field(default_factory=list)
+    output_token_logprobs: list[LogprobEntry] = field(default_factory=list)
+    output_top_logprobs: list[Optional[list[LogprobEntry]]] = field(default_factory=list)
+    index: Optional[int] = None  # position in a streamed batch
+
+    def to_json(self) -> dict[str, Any]:
+        """The native /generate shape: {"text", "output_ids", "meta_info": {...}}."""
+        meta: dict[str, Any] = {
+            "id": self.rid,
+            "finish_reason": None if self.finish_reason is None else self.finish_reason.to_json(),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+        }
+        if self.return_logprob:
+            meta["input_token_logprobs"] = [list(e) for e in self.input_token_logprobs]
+            meta["output_token_logprobs"] = [list(e) for e in self.output_token_logprobs]
+            meta["input_top_logprobs"] = [_entries_json(t) for t in self.input_top_logprobs]
+            meta["output_top_logprobs"] = [_entries_json(t) for t in self.output_top_logprobs]
+        out: dict[str, Any] = {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
+        if self.index is not None:
+            out["index"] = self.index
+        return out
+
+
+def _entries_json(entries: Optional[list[LogprobEntry]]) -> Optional[list[list[Any]]]:
+    return None if entries is None else [list(e) for e in entries]
+
+
+def outputs_json(out: Union[GenerateOutput, list[GenerateOutput]]) -> Any:
+    """`to_json()` of one output or of a batch's list of them."""
+    if isinstance(out, list):
+        return [o.to_json() for o in out]
+    return out.to_json()
 
 
 @dataclass

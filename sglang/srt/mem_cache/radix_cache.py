@@ -130,6 +130,9 @@ class RadixCache:
         self._protected_size = 0
         self._lookup_prompt_tokens = 0
         self._lookup_cached_tokens = 0
+        # Bumped whenever a prefix is added or removed: a cached prefix length computed at an
+        # older version may be stale (splits do not change any prefix length).
+        self.version = getattr(self, "version", 0) + 1
 
     # ---- lookup and insertion --------------------------------------------------------------
 
@@ -156,6 +159,23 @@ class RadixCache:
         indices = torch.cat(parts) if parts else self._empty()
         return MatchResult(indices, node)
 
+    def peek_prefix_len(self, key: list[int]) -> int:
+        """Length of the longest cached prefix of `key`, leaving the tree as it is: no split,
+        no access-time refresh (for ranking requests that may not be admitted)."""
+        if self.disable or not key:
+            return 0
+        node, pos = self.root, 0
+        while pos < len(key):
+            child = node.children.get(key[pos])
+            if child is None:
+                break
+            common = _common_prefix_len(child.key, key, pos)
+            pos += common
+            if common < len(child):
+                break
+            node = child
+        return pos
+
     def insert(self, key: list[int], value: torch.Tensor) -> int:
         """Cache `key` -> `value` (its KV slots); return how much of `key` was already cached.
 
@@ -178,6 +198,7 @@ class RadixCache:
             child = node.children.get(key[pos])
             if child is None:
                 self._add_leaf(node, key[pos:], value[pos:], now)
+                self.version += 1
                 break
             common = _common_prefix_len(child.key, key, pos)
             if common < len(child):
@@ -293,6 +314,7 @@ class RadixCache:
 
     def _delete_leaf(self, node: TreeNode) -> int:
         assert node.is_leaf and node.lock_ref == 0, f"cannot evict {node!r}"
+        self.version += 1
         self.allocator.free(node.value)
         del node.parent.children[node.key[0]]
         self._evictable_size -= len(node)

@@ -175,7 +175,11 @@ def penalty_entries(req: SamplingReq, vocab_size: int) -> tuple[list[int], list[
         offsets = dict.fromkeys(req.origin_input_ids, 0.0)
         offsets.update(dict.fromkeys(req.output_ids, 0.0))
     if _uses_counts(p):
-        for token, count in Counter(req.output_ids).items():
+        # A scheduler request keeps its counts up to date as tokens arrive (no rebuild per step).
+        counts = getattr(req, "output_counts", None)
+        if counts is None:
+            counts = Counter(req.output_ids)
+        for token, count in counts.items():
             offsets[token] = p.frequency_penalty * count + p.presence_penalty
     if offsets and (min(offsets) < 0 or max(offsets) >= vocab_size):
         offsets = {t: v for t, v in offsets.items() if 0 <= t < vocab_size}
