@@ -343,3 +343,20 @@ def test_abort_request_ends_a_running_stream(server_url: str) -> None:
 def test_abort_request_needs_a_rid(server_url: str) -> None:
     res = post(server_url, "/abort_request", {})
     assert res.status_code == 400 and "rid" in res.json()["error"]["message"]
+
+
+def test_min_new_tokens_holds_against_a_stop_string(server_url: str) -> None:
+    """A stop string that the output reaches early ends it only after min_new_tokens."""
+    free = generate(server_url, text=PROMPT, sampling_params={**GREEDY, "max_new_tokens": 24})
+    stop = free["text"][:2]
+    assert stop.strip(), free["text"]
+    early = generate(server_url, text=PROMPT, sampling_params={**GREEDY, "max_new_tokens": 24, "stop": stop})
+    assert early["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}
+    assert early["meta_info"]["completion_tokens"] < 6
+    held = generate(
+        server_url,
+        text=PROMPT,
+        sampling_params={**GREEDY, "max_new_tokens": 24, "stop": stop, "min_new_tokens": 6},
+    )
+    assert held["meta_info"]["completion_tokens"] >= 6
+    assert held["output_ids"][:6] == free["output_ids"][:6]

@@ -309,3 +309,22 @@ def test_stream_equals_whole_text_reference(pieces, stops, no_stop_trim, chunk):
         matched = step.matched_stop
     expected, expected_stop = reference_output(tokenizer().decode(ids), stops, no_stop_trim)
     assert (streamed, matched) == (expected, expected_stop)
+
+
+def test_output_stream_rewind_forgets_the_last_token() -> None:
+    tok = _ByteTokenizer()
+    stream = OutputStream(tok, stop_strs=["zz"])
+    first = stream.append([ord("a"), ord("z")]).text
+    mark = stream.checkpoint()
+    rolled = stream.append([ord("q")]).text
+    stream.rewind(mark)
+    again = stream.append([ord("b")]).text
+    assert first == "a" and rolled == "zq" and again == "zb"
+    assert stream.finish().text == ""
+
+
+class _ByteTokenizer:
+    """Token id = a character code (enough for rewind)."""
+
+    def decode(self, ids, **kwargs) -> str:
+        return "".join(chr(i) for i in ids)

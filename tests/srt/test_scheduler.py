@@ -69,11 +69,11 @@ def run_all(scheduler: Scheduler, msgs: list, max_steps: int = 2000) -> dict[str
             r = results.setdefault(out.rid, {"ids": [], "text": "", "input_lp": None, "out_lp": []})
             r["ids"] += out.output_ids
             r["text"] += out.text_delta
-            r["finish"] = out.finish_reason
+            r["finish"] = out.finish_reason.to_json() if out.finish_reason else None
             r["cached"] = out.cached_tokens
             if out.input_token_logprobs is not None:
-                r["input_lp"] = out.input_token_logprobs
-            r["out_lp"] += out.output_token_logprobs or []
+                r["input_lp"] = [tuple(e) for e in out.input_token_logprobs]
+            r["out_lp"] += [tuple(e) for e in out.output_token_logprobs or []]
         if not scheduler.has_work() and all(r.get("finish") for r in results.values()):
             break
     return results
@@ -182,3 +182,65 @@ def test_stop_string_trims_text(tiny_model_dir):
     cut = run_all(s, [request("b", p, 20, params={"stop": stop})])["b"]
     assert cut["finish"]["type"] == "stop" and cut["finish"]["matched"] == stop
     assert cut["text"] == text[: text.index(stop)]
+
+
+def test_stream_interval_sends_that_many_tokens_per_output(tiny_model_dir):
+    s = make_scheduler(tiny_model_dir, stream_interval=3)
+    (p,) = prompts(1, 10, seed=8)
+    s.handle_message(request("a", p, 10, stream=True))
+    sizes = []
+    while s.has_work() or s.has_outputs():
+        sizes += [len(s.make_output(r).output_ids) for r in s.step()]
+    assert sizes == [1, 3, 3, 3]  # the first token at once, then every 3
+
+
+def test_max_prefill_tokens_caps_every_prefill_pass(tiny_model_dir):
+    ps = prompts(4, 40, seed=9)
+    reference = run_all(make_scheduler(tiny_model_dir), [request(f"r{i}", p) for i, p in enumerate(ps)])
+    s = make_scheduler(tiny_model_dir, chunked_prefill_size=16, max_prefill_tokens=24)
+    passes = []
+    forward = s.runner.forward
+
+    def recording_forward(batch):
+        passes.append(list(batch.extend_seq_lens_cpu))
+        return forward(batch)
+
+    s.runner.forward = recording_forward
+    capped = run_all(s, [request(f"r{i}", p) for i, p in enumerate(ps)])
+    # (decoding requests riding along a short extend add 1-token rows: not prefill)
+    assert all(sum(n for n in p if n > 1) <= 24 and max(p) <= 16 for p in passes)
+    assert any(len(p) > 1 and max(p) > 1 for p in passes)  # several requests share a pass
+    for rid in reference:
+        assert capped[rid]["ids"] == reference[rid]["ids"]
+
+
+def test_min_new_tokens_holds_against_a_stop_string(tiny_model_dir):
+    s = make_scheduler(tiny_model_dir)
+    (p,) = prompts(1, 10, seed=7)
+    text = run_all(s, [request("a", p, 20)])["a"]["text"]
+    stop = text[:2]  # matches in the first tokens
+    early = run_all(s, [request("b", p, 20, params={"stop": stop})])["b"]
+    held = run_all(s, [request("c", p, 20, params={"stop": stop, "min_new_tokens": 8})])["c"]
+    assert early["finish"]["matched"] == stop and len(early["ids"]) < 8
+    assert len(held["ids"]) >= 8
+
+
+def test_a_grammar_is_compiled_once_in_the_scheduler(tiny_model_dir, monkeypatch):
+    from sglang.srt.constrained.llguidance_backend import LLGuidanceBackend
+
+    compiled = []
+    original = LLGuidanceBackend._compile
+
+    def counting_compile(self, kind, text):
+        compiled.append((kind, text))
+        return original(self, kind, text)
+
+    monkeypatch.setattr(LLGuidanceBackend, "_compile", counting_compile)
+    s = make_scheduler(tiny_model_dir, grammar_backend="llguidance")
+    (p,) = prompts(1, 10, seed=10)
+    reqs = [request(f"g{i}", p, 8, params={"regex": "(yes|no)"}) for i in range(3)]
+    results = run_all(s, reqs)
+    assert compiled == [("regex", "(yes|no)")]
+    assert all(r["text"] in ("yes", "no") for r in results.values())
+    bad = run_all(s, [request("bad", p, 8, params={"regex": "(ab"})])["bad"]
+    assert bad["finish"]["type"] == "abort" and "regex" in bad["finish"]["message"]
