@@ -342,6 +342,9 @@ class FakeAnthropicServer(FakeProviderServer):
         body = req.body
         gen = apply_limits(self.next_reply(), body["max_tokens"], body.get("stop_sequences"))
         prompt_tokens = sum(count_tokens(_message_text(m["content"])) for m in body["messages"])
+        forced = (body.get("tool_choice") or {}).get("name")
+        if forced is not None:  # a forced tool call: the scripted reply is the tool's JSON input
+            return Reply(body=self._tool_use(body, forced, json.loads(gen.text), prompt_tokens))
         reason = "stop_sequence" if gen.matched else _ANTHROPIC_STOP[gen.finish]
         message = {
             "id": "msg_fake",
@@ -356,6 +359,21 @@ class FakeAnthropicServer(FakeProviderServer):
         if body.get("stream"):
             return Reply(events=self._events(message))
         return Reply(body=message)
+
+    def _tool_use(
+        self, body: dict[str, Any], name: str, tool_input: Any, prompt_tokens: int
+    ) -> dict[str, Any]:
+        block = {"type": "tool_use", "id": "toolu_fake", "name": name, "input": tool_input}
+        return {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": [block],
+            "stop_reason": "tool_use",
+            "stop_sequence": None,
+            "usage": {"input_tokens": prompt_tokens, "output_tokens": 5},
+        }
 
     def _events(self, message: dict[str, Any]) -> list[tuple[Optional[str], Any]]:
         start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}

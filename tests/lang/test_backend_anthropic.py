@@ -140,14 +140,25 @@ def test_unsupported_params_are_rejected(fake, backend):
     assert fake.requests == []
 
 
-def test_select_is_not_supported(backend):
+def test_select_is_a_forced_tool_call_with_an_enum(fake, backend):
     @sgl.function
     def prog(s):
         s += sgl.user("Pick")
-        s += sgl.assistant(sgl.select("x", choices=["a", "b"]))
+        s += sgl.assistant("Answer: " + sgl.select("x", choices=["red", "blue"]))
 
+    fake.replies = ['{"choice": "blue"}']
+    state = prog.run(backend=backend, temperature=0)
+    assert state["x"] == "blue" and state.text().endswith("Answer: blue")
+    meta = state.get_meta_info("x")
+    assert meta["select_method"] == "tool_use_enum" and meta["raw_reply"] == {"choice": "blue"}
+    body = fake.bodies("/v1/messages")[-1]
+    assert body["tool_choice"] == {"type": "tool", "name": "answer"}
+    enum = body["tools"][0]["input_schema"]["properties"]["choice"]["enum"]
+    assert enum == ["red", "blue"]
+    assert body["messages"][-1] == {"role": "user", "content": "Pick"}
+    fake.replies = ['{"choice": "green"}']
     error = prog.run(backend=backend).error()
-    assert isinstance(error, NotImplementedError) and "select" in str(error)
+    assert isinstance(error, RuntimeError) and "none of the choices" in str(error)
 
 
 def test_missing_key_names_the_variable(monkeypatch):

@@ -9,6 +9,7 @@ import sys
 import pytest
 from fake_provider_servers import PNG_1PX, FakeOpenAIServer, image_qa, multi_turn_question, one_turn
 
+import sglang as sgl
 from sglang.lang.backend.litellm import LiteLLM
 
 # NOTE: without this litellm fetches its model price list from the internet on import.
@@ -124,3 +125,17 @@ def test_missing_sdk_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "litellm", None)
     with pytest.raises(ImportError, match=r'pip install "sglang\[litellm\]"'):
         LiteLLM("openai/x", api_key="k")
+
+
+def test_select_asks_for_an_enum_schema(fake, backend):
+    @sgl.function
+    def prog(s):
+        s += sgl.user("Pick")
+        s += sgl.assistant(sgl.select("x", choices=["yes", "no"]))
+
+    fake.replies = ['{"choice": "no"}']
+    state = prog.run(backend=backend)
+    assert state["x"] == "no"
+    assert state.get_meta_info("x")["select_method"] == "json_schema_enum"
+    schema = fake.bodies("/chat/completions")[-1]["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["choice"]["enum"] == ["yes", "no"]

@@ -294,14 +294,20 @@ def test_select_on_completion_model_scores_with_echo(fake):
     assert body["prompt"] == [prefix + "calculator", prefix + "search engine"]
 
 
-def test_select_on_chat_model_is_not_implemented(fake):
+def test_select_on_chat_model_asks_for_an_enum_schema(fake):
     @sgl.function
     def prog(s):
         s += sgl.user("Pick")
         s += sgl.assistant(sgl.select("x", choices=["a", "b"]))
 
-    error = prog.run(backend=chat_backend(fake)).error()
-    assert isinstance(error, NotImplementedError) and "completion model" in str(error)
+    fake.replies = ['{"choice": "b"}']
+    state = prog.run(backend=chat_backend(fake))
+    assert state["x"] == "b"
+    assert state.get_meta_info("x")["select_method"] == "json_schema_enum"
+    body = fake.bodies("/chat/completions")[-1]
+    schema = body["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["choice"]["enum"] == ["a", "b"]
+    assert body["temperature"] == 0.0
 
 
 def test_speculative_chat_turn_is_one_call(fake):

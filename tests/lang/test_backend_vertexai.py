@@ -9,6 +9,7 @@ import sys
 import pytest
 from fake_provider_servers import PNG_1PX, FakeGeminiServer, image_qa, multi_turn_question, one_turn
 
+import sglang as sgl
 from sglang.lang.backend.vertexai import VertexAI
 
 genai_types = pytest.importorskip("google.genai.types")
@@ -185,3 +186,20 @@ def test_missing_sdk_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "google.genai", None)
     with pytest.raises(ImportError, match=r'pip install "sglang\[vertexai\]"'):
         VertexAI("gemini-test", api_key="k")
+
+
+def test_select_asks_for_an_enum_response_schema(fake, monkeypatch):
+    monkeypatch.setenv("GOOGLE_API_KEY", "k")
+
+    @sgl.function
+    def prog(s):
+        s += sgl.user("Pick a color")
+        s += sgl.assistant(sgl.select("x", choices=["red", "blue"]))
+
+    fake.replies = ['{"choice": "red"}']
+    state = prog.run(backend=gemini(fake))
+    assert state["x"] == "red"
+    assert state.get_meta_info("x")["select_method"] == "json_schema_enum"
+    config = fake.requests[-1].body["generationConfig"]
+    assert config["responseMimeType"] == "application/json"
+    assert config["responseJsonSchema"]["properties"]["choice"]["enum"] == ["red", "blue"]

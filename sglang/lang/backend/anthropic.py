@@ -11,6 +11,7 @@ from sglang.lang.backend.api_base import (
     ApiResult,
     ImagePart,
     StreamPiece,
+    choice_schema,
     content_parts,
     finish_reason,
     import_sdk,
@@ -18,8 +19,10 @@ from sglang.lang.backend.api_base import (
     require_env,
 )
 from sglang.lang.chat_template import ChatTemplate
+from sglang.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from sglang.lang.ir import SglSamplingParams
 
+SELECT_TOOL = "answer"
 _ANTHROPIC_PARAMS = frozenset({"max_new_tokens", "stop", "temperature", "top_p", "top_k"})
 
 
@@ -43,8 +46,8 @@ class Anthropic(ApiModelBackend):
     -----
     System messages become `system`; images become base64 image blocks. An assistant turn
     with text before its gen is sent as a prefill, which the reply continues. `n`, penalties,
-    `json_schema`, logprobs and constrained decoding raise ValueError; `select` raises
-    NotImplementedError.
+    `json_schema`, logprobs and constrained decoding raise ValueError; `select` is a forced
+    tool call whose input is an enum of the choices.
     """
 
     api_name = "Anthropic"
@@ -104,6 +107,43 @@ class Anthropic(ApiModelBackend):
             prompt_tokens=resp.usage.input_tokens,
             completion_tokens=resp.usage.output_tokens,
         )
+
+    def select(
+        self,
+        s: Any,
+        choices: list[str],
+        temperature: float,
+        choices_method: Optional[ChoicesSamplingMethod] = None,
+    ) -> ChoicesDecision:
+        """One of `choices`, by a forced call of a tool whose input schema is the choices' enum
+        (the Messages API's structured output). `choices_method` is ignored; the meta info's
+        `select_method` is "tool_use_enum". The text an open assistant turn holds before the
+        select is not sent: the API takes no assistant prefill with a forced tool call."""
+        request = self.select_request(s, choices, temperature)
+        if request.messages and request.messages[-1]["role"] == "assistant":
+            request.messages.pop()
+        kw = self.request_kwargs(request)
+        kw["tools"] = [
+            {
+                "name": SELECT_TOOL,
+                "description": "Give the answer: exactly one of the allowed choices.",
+                "input_schema": choice_schema(choices),
+            }
+        ]
+        kw["tool_choice"] = {"type": "tool", "name": SELECT_TOOL}
+        resp = self.with_retries(lambda: self.client.messages.create(**kw))
+        calls = [b for b in resp.content if b.type == "tool_use" and b.name == SELECT_TOOL]
+        result = ApiResult(
+            texts=[""],
+            finish_reasons=[finish_reason(resp.stop_reason, resp.stop_sequence)],
+            prompt_tokens=resp.usage.input_tokens,
+            completion_tokens=resp.usage.output_tokens,
+        )
+        self.token_usage.add(result.prompt_tokens, result.completion_tokens)
+        reply = (
+            calls[0].input if calls else "".join(b.text for b in resp.content if b.type == "text")
+        )
+        return self.select_decision(reply, choices, "tool_use_enum", result)
 
     def call_stream(self, request: ApiRequest) -> Iterator[StreamPiece]:
         kw = self.request_kwargs(request)

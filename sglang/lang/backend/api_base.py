@@ -135,6 +135,30 @@ def reject_unsupported(params: SglSamplingParams, supported: frozenset[str], api
             raise ValueError(f"{api} does not support the gen parameter {name}={value!r}{hint}")
 
 
+def choice_schema(choices: list[str]) -> dict[str, Any]:
+    """A JSON schema for an object whose one key, "choice", is one of `choices`."""
+    return {
+        "type": "object",
+        "properties": {"choice": {"type": "string", "enum": list(choices)}},
+        "required": ["choice"],
+        "additionalProperties": False,
+    }
+
+
+def parse_choice(reply: Any, choices: list[str]) -> Optional[str]:
+    """The choice named by a structured reply: {"choice": c} (JSON text or object), or a bare
+    string equal to a choice; None when it names none."""
+    value = reply
+    if isinstance(reply, str):
+        try:
+            value = json.loads(reply)
+        except ValueError:
+            value = reply.strip()
+    if isinstance(value, dict):
+        value = value.get("choice")
+    return value if isinstance(value, str) and value in choices else None
+
+
 def finish_reason(provider_reason: Optional[str], matched: Optional[str] = None) -> dict[str, Any]:
     """A provider's finish reason as the runtime's {"type": "stop"|"length"|"abort", ...}."""
     reason = (provider_reason or "stop").lower()
@@ -390,11 +414,50 @@ class ApiModelBackend(BaseBackend):
         temperature: float,
         choices_method: Optional[ChoicesSamplingMethod] = None,
     ) -> ChoicesDecision:
-        raise NotImplementedError(
-            f"select/choices needs token logprobs of the prompt, which the {self.api_name} "
-            "API does not return; use a local model (RuntimeEndpoint), an OpenAI completion "
-            "model, or gen() and compare the text"
+        """Ask the model for one of `choices`, constrained by the provider's structured output.
+
+        Chat APIs return no logprobs of the prompt, so the choices cannot be scored: the model
+        answers a JSON object whose one key, "choice", is an enum of the choices (OpenAI's and
+        LiteLLM's `response_format`, Gemini's response schema; Anthropic overrides this with a
+        forced tool call). `choices_method` cannot apply and is ignored; the meta info records
+        `select_method` and the model's raw reply. An open assistant turn's text is sent as an
+        assistant message before the answer.
+        """
+        request = self.select_request(s, choices, temperature)
+        result = self.call_with_usage(request)
+        return self.select_decision(result.texts[0], choices, "json_schema_enum", result)
+
+    def select_request(
+        self, s: "StreamExecutor", choices: list[str], temperature: float
+    ) -> ApiRequest:
+        params = SglSamplingParams(
+            max_new_tokens=32 + max(len(c) for c in choices),
+            temperature=temperature,
+            json_schema=json.dumps(choice_schema(choices)),
         )
+        view = self.chat_view(s)
+        messages = list(view.messages)
+        if view.partial.strip():
+            messages.append({"role": "assistant", "content": view.partial.rstrip()})
+        return ApiRequest(params=params, messages=messages)
+
+    def select_decision(
+        self, reply: Any, choices: list[str], method: str, result: ApiResult
+    ) -> ChoicesDecision:
+        """The choice a structured reply names (a JSON text or an already parsed object)."""
+        decision = parse_choice(reply, choices)
+        if decision is None:
+            raise RuntimeError(
+                f"{self.api_name} select: the reply {reply!r} names none of the choices {choices!r}"
+            )
+        meta = {
+            "select_method": method,
+            "raw_reply": reply,
+            "finish_reason": result.finish_reasons[0] if result.finish_reasons else None,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+        }
+        return ChoicesDecision(decision, meta)
 
     # Requests ---------------------------------------------------------------------------------
 
@@ -527,4 +590,3 @@ class ApiModelBackend(BaseBackend):
         turn = _SpecTurn(key, text, result.finish_reasons[0]["type"] == "length")
         self._spec.put(s.sid, turn)
         return turn
-

@@ -51,8 +51,8 @@ class LiteLLM(ApiModelBackend):
     -----
     Messages are sent in the OpenAI format, which LiteLLM converts for each provider (images
     included). A parameter the provider lacks (such as top_k on OpenAI) fails with LiteLLM's
-    own error. Logprobs and constrained decoding raise ValueError; `select` raises
-    NotImplementedError.
+    own error. Logprobs and constrained decoding raise ValueError; `select` sends a JSON
+    schema response_format whose "choice" is an enum of the choices.
     """
 
     api_name = "LiteLLM"

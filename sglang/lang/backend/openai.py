@@ -81,8 +81,8 @@ class OpenAI(ApiModelBackend):
 
     Notes
     -----
-    `select` works on completion models (prompt logprobs with `echo`); chat models raise
-    NotImplementedError. `regex`, `grammar`, `top_k`, `min_p`, `min_tokens`, `stop_token_ids`
+    `select` scores choices on completion models (prompt logprobs with `echo`); on chat models
+    it asks for a JSON response_format whose "choice" is an enum of the choices. `regex`, `grammar`, `top_k`, `min_p`, `min_tokens`, `stop_token_ids`
     and `ignore_eos` raise ValueError. `json_schema` is sent as response_format (chat models).
     `token_usage` sums the usage of every call.
     """

@@ -59,7 +59,8 @@ class VertexAI(ApiModelBackend):
     -----
     Roles map to user/model, system messages to `system_instruction`, images to inline data
     parts; `n` is `candidate_count`, `json_schema` a JSON response schema. Logprobs and
-    constrained decoding raise ValueError; `select` raises NotImplementedError.
+    constrained decoding raise ValueError; `select` asks for a JSON response whose "choice"
+    is an enum of the choices.
     """
 
     api_name = "Gemini"
