@@ -231,14 +231,17 @@ def image(expr: Union[str, bytes]) -> SglExpr:
 
 
 def video(path: str, num_frames: int) -> SglExpr:
-    """A video file for a multimodal model, of which `num_frames` frames are used.
+    """A video for a multimodal model: `num_frames` frames sampled evenly, sent as images.
+
+    Frames are decoded with PyAV (`pip install av`) or imageio, imported only when a video
+    runs; each frame becomes one image of the turn (one image token in the text).
 
     Parameters
     ----------
     path : str
         Path of the video file.
     num_frames : int
-        How many frames the model should see.
+        How many frames the model should see (all of them if the video has fewer).
 
     Returns
     -------

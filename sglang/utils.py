@@ -56,6 +56,65 @@ def data_url(b64: str) -> str:
     return f"data:{guess_mime(head)};base64,{b64}"
 
 
+def sample_video_frames(path: str, num_frames: int) -> list[bytes]:
+    """`num_frames` frames spread evenly over a video (first and last included), as PNG bytes.
+
+    Decoded with PyAV (`av`) or, without it, `imageio`; both are optional and imported here
+    only. A video with fewer frames gives all of them.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames={num_frames!r} must be >= 1")
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        frames = _frames_with_imageio(path)
+        return [_png(frames[i]) for i in even_indices(len(frames), num_frames)]
+    return _frames_with_av(path, num_frames)
+
+
+def even_indices(total: int, count: int) -> list[int]:
+    """`count` indices spread evenly over range(total), first and last included, no repeats."""
+    if total <= count:
+        return list(range(total))
+    if count == 1:
+        return [total // 2]
+    return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})
+
+
+def _frames_with_av(path: str, num_frames: int) -> list[bytes]:
+    import av
+
+    with av.open(path) as container:
+        total = sum(1 for _ in container.decode(video=0))
+    wanted = set(even_indices(total, num_frames))
+    out = []
+    with av.open(path) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                out.append(_png(frame.to_image()))
+    if not out:
+        raise ValueError(f"video {path!r} has no frames")
+    return out
+
+
+def _frames_with_imageio(path: str) -> list:
+    try:
+        import imageio.v3 as iio
+    except ImportError as e:
+        raise ImportError("sgl.video needs PyAV or imageio: pip install av") from e
+    from PIL import Image
+
+    return [Image.fromarray(frame) for frame in iio.imiter(path)]
+
+
+def _png(image: object) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")  # type: ignore[attr-defined]
+    return buf.getvalue()
+
+
 def find_free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))

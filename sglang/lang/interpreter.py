@@ -309,6 +309,13 @@ class StreamExecutor:
         if expr.name is not None:
             self.set_var(expr.name, decision.decision, decision.meta_info)
 
+    def _video(self, expr: SglVideo) -> None:
+        """The video's sampled frames, each appended as an image (in the order they play)."""
+        from sglang.utils import sample_video_frames
+
+        for frame in sample_video_frames(expr.path, expr.num_frames):
+            self._image(SglImage(frame))
+
     def _image(self, expr: Union[SglImage, SglVideo]) -> None:
         path = expr.path if isinstance(expr.path, str) else None
         entry = (path, encode_base64(expr.path))
@@ -430,7 +437,7 @@ _HANDLERS: dict[type, Callable[[StreamExecutor, Any], None]] = {
     SglGen: StreamExecutor._gen,
     SglSelect: StreamExecutor._select,
     SglImage: StreamExecutor._image,
-    SglVideo: StreamExecutor._image,
+    SglVideo: StreamExecutor._video,
     SglRoleBegin: StreamExecutor._role_begin,
     SglRoleEnd: StreamExecutor._role_end,
     SglSeparateReasoning: StreamExecutor._separate_reasoning,
