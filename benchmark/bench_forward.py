@@ -127,23 +127,43 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=300)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--quantization",
+        nargs="+",
+        default=["auto"],
+        help="one or more --quantization modes, run one after the other in this command",
+    )
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     args = parser.parse_args()
-    runner = ModelRunner(
-        ServerArgs(model_path=args.model_path, dtype=args.dtype, num_threads=args.threads)
-    )
-    runner.init_memory_pool(max_total_tokens=64 * (args.context + args.steps + 16) + 4096)
-    print(f"device {runner.device}, dtype {runner.dtype}, threads {torch.get_num_threads()}")
     print(f"load average before: {_loadavg()}")
-    report(
-        f"prefill {args.prefill_len}", args.prefill_len, *bench_prefill(runner, args.prefill_len, 3)
-    )
-    for batch in (1, 64):
-        wall, cpu = bench_decode(runner, batch, args.context, args.steps)
-        report(f"decode batch {batch} @ ctx {args.context}", batch, wall, cpu)
+    for mode in args.quantization:
+        runner = ModelRunner(
+            ServerArgs(
+                model_path=args.model_path,
+                dtype=args.dtype,
+                num_threads=args.threads,
+                quantization=mode,
+            )
+        )
+        most = max(args.batches)
+        runner.init_memory_pool(
+            max_total_tokens=most * (args.context + args.steps + 16) + 4096,
+            max_running_requests=max(most, 8),
+        )
+        print(f"== quantization {mode}: {runner.quant_report.summary()}")
+        print(f"device {runner.device}, dtype {runner.dtype}, threads {torch.get_num_threads()}")
+        report(
+            f"prefill {args.prefill_len}",
+            args.prefill_len,
+            *bench_prefill(runner, args.prefill_len, 3),
+        )
+        for batch in args.batches:
+            wall, cpu = bench_decode(runner, batch, args.context, args.steps)
+            report(f"decode batch {batch} @ ctx {args.context}", batch, wall, cpu)
+        if not args.no_profile:
+            profile_decode(runner, 1, args.context, rows=20)
+            profile_decode(runner, most, args.context, rows=20)
     print(f"load average after: {_loadavg()}")
-    if not args.no_profile:
-        profile_decode(runner, 1, args.context, rows=20)
-        profile_decode(runner, 64, args.context, rows=20)
 
 
 def _loadavg() -> str:

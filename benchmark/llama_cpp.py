@@ -27,11 +27,19 @@ SDIST_DIR = LLAMA_CACHE / "sdist"
 SRC_DIR = LLAMA_CACHE / "src"
 BUILD_DIR = LLAMA_CACHE / "build"
 BINARY = BUILD_DIR / "bin" / "llama-server"
+# Every llama.cpp tool the benchmarks run: the server, and the bench / perplexity tools.
+TOOLS = ("llama-server", "llama-bench", "llama-batched-bench", "llama-perplexity")
+
+
+def tool_path(name: str = "llama-server") -> Path | None:
+    """The built llama.cpp tool `name`, or None when it is not built yet."""
+    path = BUILD_DIR / "bin" / name
+    return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
 def binary_path() -> Path | None:
     """The built llama-server, or None when it is not built yet."""
-    return BINARY if BINARY.is_file() and os.access(BINARY, os.X_OK) else None
+    return tool_path("llama-server")
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> None:
@@ -82,9 +90,9 @@ def _unpack(sdist: Path) -> Path:
 
 
 def build(jobs: int = 2) -> Path:
-    """Build llama-server once; later calls return the existing binary."""
+    """Build llama-server and the bench tools once; later calls return the existing server."""
     existing = binary_path()
-    if existing:
+    if existing and all(tool_path(t) for t in TOOLS):
         return existing
     src = _unpack(_fetch_sdist())
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
@@ -100,7 +108,7 @@ def build(jobs: int = 2) -> Path:
             "-DLLAMA_CURL=OFF",
             "-DGGML_NATIVE=ON",
             "-DLLAMA_BUILD_TESTS=OFF",
-            "-DLLAMA_BUILD_EXAMPLES=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=ON",
             "-DBUILD_SHARED_LIBS=OFF",
         ]
     )
@@ -112,7 +120,7 @@ def build(jobs: int = 2) -> Path:
             "--config",
             "Release",
             "--target",
-            "llama-server",
+            *TOOLS,
             "-j",
             str(jobs),
         ]
@@ -152,7 +160,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p_build = sub.add_parser("build", help="build llama-server (idempotent)")
+    p_build = sub.add_parser("build", help="build llama-server and the bench tools (idempotent)")
     p_build.add_argument("--jobs", type=int, default=2)
     sub.add_parser("path", help="print the binary path if built")
     p_serve = sub.add_parser("serve", help="run llama-server on the default GGUF")

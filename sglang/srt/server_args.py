@@ -18,6 +18,12 @@ class ServerArgs:
     chat_template: Optional[str] = None  # a template name or a Jinja file; None: the model's own
     context_length: Optional[int] = None  # None: from the model config
     dtype: str = "auto"  # auto | bfloat16 | float32 | float16
+    # auto: a GGUF keeps its own low-bit weights; none: dense; int8 | int4: quantize at load
+    quantization: str = "auto"
+    # The decode step compiled with torch.compile: on by default on CPU (where it pays);
+    # --enable-torch-compile turns it on elsewhere, --disable-torch-compile turns it off.
+    enable_torch_compile: bool = False
+    disable_torch_compile: bool = False
     device: str = "auto"  # auto | cpu | cuda
     trust_remote_code: bool = False
 
@@ -62,6 +68,7 @@ class ServerArgs:
         choices = {
             "dtype": ("auto", "bfloat16", "float32", "float16"),
             "device": ("auto", "cpu", "cuda"),
+            "quantization": ("auto", "none", "int8", "int4"),
             "schedule_policy": ("lpm", "fcfs"),
             "grammar_backend": ("llguidance", "xgrammar", "none"),
             "log_level": ("debug", "info", "warning", "error", "critical"),
@@ -82,6 +89,8 @@ class ServerArgs:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name}={value!r}: must be positive")
+        if self.enable_torch_compile and self.disable_torch_compile:
+            raise ValueError("enable_torch_compile and disable_torch_compile: pick one")
         if self.chunked_prefill_size <= 0:
             raise ValueError(f"chunked_prefill_size={self.chunked_prefill_size!r}: must be positive")
         if not 0 < self.port < 65536:

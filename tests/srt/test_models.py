@@ -62,8 +62,12 @@ class Driver:
         return self.runner.forward(batch)
 
 
-def make_runner(path: str, dtype: str = "float32") -> ModelRunner:
-    runner = ModelRunner(ServerArgs(model_path=path, dtype=dtype, device="cpu", num_threads=1))
+def make_runner(path: str, dtype: str = "float32", **args) -> ModelRunner:
+    """A runner on path; transformers is the reference, so the weights stay dense by default."""
+    args.setdefault("quantization", "none")
+    runner = ModelRunner(
+        ServerArgs(model_path=path, dtype=dtype, device="cpu", num_threads=1, **args)
+    )
     runner.init_memory_pool(max_total_tokens=8192, max_running_requests=64)
     return runner
 

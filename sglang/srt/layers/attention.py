@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglang.srt.layers import cpu_kernels
 from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
 from sglang.srt.model_executor.forward_batch import ForwardBatch
 
@@ -80,7 +81,8 @@ class AttnMetadata:
     """Index tensors of one pass, built once by init_forward_metadata and read by every layer."""
 
     backend: TorchNativeAttnBackend
-    chunks: Optional[list[DecodeChunk]] = None  # DECODE
+    chunks: Optional[list[DecodeChunk]] = None  # DECODE with the torch ops
+    in_place: bool = False  # DECODE with the C++ kernel reading the pool in place
     spans: Optional[list[ExtendSpan]] = None  # EXTEND
     padded: Optional[PaddedExtend] = None  # EXTEND where every request adds few tokens
 
@@ -94,9 +96,14 @@ class TorchNativeAttnBackend:
 
     def __init__(self, kv_pool: MHATokenToKVPool) -> None:
         self.kv_pool = kv_pool
+        # the C++ decode kernel (layers/cpu_kernels) for a CPU pool, else None: torch ops
+        self.kernels = cpu_kernels.load() if kv_pool.device.type == "cpu" else None
 
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         fb = forward_batch
+        if fb.is_decode and self.kernels is not None:
+            fb.attn_metadata = AttnMetadata(self, in_place=True)
+            return
         width = max(fb.seq_lens_cpu)
         # [B, width] int64: KV slots of each request's tokens (stale past its length)
         slots = fb.req_to_token[:, :width].index_select(0, fb.req_pool_indices)
@@ -121,6 +128,11 @@ class TorchNativeAttnBackend:
             return self._extend_padded(q, layer, fb.attn_metadata.padded)
         if not fb.is_decode:
             return self._extend(q, k, v, layer, fb.attn_metadata)
+        if fb.attn_metadata.in_place:
+            k_buf, v_buf = self.kv_pool.get_kv_buffer(layer.layer_id)
+            return self.kernels.paged_decode_attention(
+                q, k_buf, v_buf, fb.req_to_token, fb.req_pool_indices, fb.seq_lens, layer.scaling
+            )
         chunks = fb.attn_metadata.chunks
         if len(chunks) == 1:
             return self._decode(q, layer, chunks[0])
@@ -198,6 +210,73 @@ class TorchNativeAttnBackend:
             )
             out[new] = o[0].transpose(0, 1)
         return out.view(q.shape[0], -1)
+
+
+@dataclass
+class PagedDecodeMetadata:
+    """A DECODE pass's KV slots as the compiled decode step reads them (set before each step)."""
+
+    backend: "PagedDecodeBackend"
+    slots: torch.Tensor  # [B, L] int64 KV slots of each request's tokens; padding reads slot 0
+    bias: torch.Tensor  # [B, L] float32: 0 inside a sequence, -inf past its end
+
+
+class PagedDecodeBackend:
+    """Decode attention that reads the paged KV pool in place, for the compiled decode step.
+
+    Written as products and sums over the gathered rows rather than matmuls over a gathered
+    copy: inductor fuses the slot lookup into its reductions, so the K/V rows are read where
+    they lie, once, without the padded copy the eager kernel makes. In eager mode the same code
+    would materialize [B, H, L, D] products; it only runs compiled (model_executor/compiled.py).
+    """
+
+    def __init__(self, kv_pool: MHATokenToKVPool) -> None:
+        self.kv_pool = kv_pool
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Attention, fb
+    ) -> torch.Tensor:
+        # q: [B, H, D], k/v: [B, Hkv, D] -> [B, H * D]
+        self.kv_pool.set_kv_buffer(layer.layer_id, fb.out_cache_loc, k, v)
+        k_buf, v_buf = self.kv_pool.get_kv_buffer(layer.layer_id)
+        meta: PagedDecodeMetadata = fb.attn_metadata
+        return paged_decode_attention(q, k_buf, v_buf, meta.slots, meta.bias, layer.scaling)
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_buf: torch.Tensor,
+    v_buf: torch.Tensor,
+    slots: torch.Tensor,
+    bias: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """softmax(q K^T * scale + bias) V over each request's slots; q [B, H, D] -> [B, H * D].
+
+    k_buf, v_buf: [S, Hkv, D] the pool; slots, bias: [B, L]. K/V heads serve H / Hkv q heads.
+    """
+    batch, heads, dim = q.shape
+    hkv = k_buf.shape[1]
+    qg = q.view(batch, hkv, heads // hkv, 1, dim).float()  # [B, Hkv, G, 1, D]
+    keys = k_buf[slots].permute(0, 2, 1, 3)[:, :, None]  # [B, Hkv, 1, L, D]
+    scores = (qg * keys.float()).sum(-1) * scale + bias[:, None, None, :]  # [B, Hkv, G, L]
+    probs = scores.softmax(-1)
+    values = v_buf[slots].permute(0, 2, 1, 3)[:, :, None]  # [B, Hkv, 1, L, D]
+    out = (probs[..., None] * values.float()).sum(-2)  # [B, Hkv, G, D]
+    return out.to(q.dtype).reshape(batch, heads * dim)
+
+
+def decode_slots_and_bias(
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    seq_lens: torch.Tensor,
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, width] KV slots with padding at slot 0, [B, width] float32 bias) of a DECODE pass."""
+    slots = req_to_token[:, :width].index_select(0, req_pool_indices)
+    inside = torch.arange(width, device=slots.device)[None, :] < seq_lens[:, None]
+    bias = torch.zeros(inside.shape, dtype=torch.float32, device=slots.device)
+    return slots.masked_fill(~inside, 0), bias.masked_fill(~inside, float("-inf"))
 
 
 def _use_padded_extend(fb: ForwardBatch) -> bool:

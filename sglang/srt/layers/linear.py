@@ -2,28 +2,40 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglang.srt.layers.quantization import QuantWeight
+
 # Up to this many rows a oneDNN-packed weight wins (2x at one row, even at 64, slower at 512):
 # decode uses it, long prefills keep the plain kernel.
 _PACKED_MAX_ROWS = 64
+# Up to this many rows a low-bit weight (layers/quantization.py) beats the dense kernels: a
+# step is weight streaming there. Above it the dense weight is faster (benchmark/bench_forward.py
+# --kernels prints the crossover on this machine).
+QUANT_MAX_ROWS = 16
 
 
 class Linear(nn.Linear):
-    """nn.Linear without random init: every weight is overwritten by the checkpoint."""
+    """nn.Linear without random init: every weight is overwritten by the checkpoint.
 
-    # A oneDNN-packed copy of weight for small batches on CPU (set by pack_linears), or None.
-    packed: Optional[torch.Tensor] = None
+    After loading, prepare_linears() may give it faster forms of the same weight: a low-bit
+    form for small batches (quant) and a oneDNN-packed bf16 copy; on CPUs without bf16 dot
+    products the dense weight itself is kept in float32.
+    """
+
+    packed: Optional[torch.Tensor] = None  # oneDNN-packed bf16 weight, or None
+    quant: Optional[QuantWeight] = None  # low-bit form of weight, or None
 
     def reset_parameters(self) -> None:
         pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, self.packed)
+        return linear(x, self.weight, self.bias, self.packed, self.quant)
 
 
 def linear(
@@ -31,10 +43,18 @@ def linear(
     weight: torch.Tensor,
     bias: Optional[torch.Tensor] = None,
     packed: Optional[torch.Tensor] = None,
+    quant: Optional[QuantWeight] = None,
 ) -> torch.Tensor:
-    """x [T, in] @ weight[out, in].T (+ bias); through the packed weight when it pays off."""
-    if packed is not None and x.dim() == 2 and x.shape[0] <= _PACKED_MAX_ROWS:
+    """x [T, in] @ weight[out, in].T (+ bias), through the form that is fastest for T rows."""
+    rows = x.shape[0] if x.dim() == 2 else -1
+    if quant is not None and 0 <= rows <= QUANT_MAX_ROWS:
+        y = quant.matmul(x)
+        return y if bias is None else y + bias
+    if packed is not None and 0 <= rows <= _PACKED_MAX_ROWS:
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    if weight.dtype != x.dtype:  # a float32 dense weight on a CPU without bf16 dot products
+        b = None if bias is None else bias.to(weight.dtype)
+        return F.linear(x.to(weight.dtype), weight, b).to(x.dtype)
     return F.linear(x, weight, bias)
 
 
@@ -53,6 +73,39 @@ def pack_weight(weight: torch.Tensor) -> Optional[torch.Tensor]:
         return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
     except (RuntimeError, AttributeError):
         return None
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_packing_works(device: torch.device) -> bool:
+    """Whether this CPU has oneDNN's packed bf16 kernel (AVX-512 or AVX-NE-CONVERT)."""
+    return pack_weight(torch.zeros(16, 16, dtype=torch.bfloat16, device=device)) is not None
+
+
+def dense_cpu_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The weight the dense CPU path multiplies by: float32 where bf16/fp16 have no fast kernel.
+
+    CPUs without bf16 dot products (AVX2) run PyTorch's bf16 matmul several times slower than
+    float32 (4.5x at 64 rows, benchmark/bench_forward.py --kernels); the float32 copy computes
+    the same products of the same (bf16-representable) values.
+    """
+    if weight.device.type != "cpu" or bf16_packing_works(weight.device):
+        return weight
+    if weight.dtype in (torch.bfloat16, torch.float16):
+        return weight.detach().float()
+    return weight
+
+
+def use_float32_dense(model: nn.Module) -> int:
+    """Store each CPU Linear's dense weight in float32 where that is the faster kernel (see
+    dense_cpu_weight); returns how many were converted. Run before quantization and packing."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, Linear) and not bf16_packing_works(module.weight.device):
+            dense = dense_cpu_weight(module.weight)
+            if dense is not module.weight:
+                module.weight = nn.Parameter(dense, requires_grad=False)
+                count += 1
+    return count
 
 
 def pack_linears(model: nn.Module) -> int:

@@ -5,32 +5,46 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
-from sglang.srt.layers.linear import linear
+from sglang.srt.layers.linear import QUANT_MAX_ROWS, dense_cpu_weight, linear, pack_weight
+from sglang.srt.layers.quantization import QuantWeight
 from sglang.srt.model_executor.forward_batch import ForwardBatch, LogitsOutput
 
 # Rows of full-vocab logits materialized at once when scoring input tokens (bounds memory).
 _LOGPROB_CHUNK = 256
 
 
+class LmHead:
+    """The lm_head weight [V, D] and its faster forms (see layers/linear.py): a low-bit form for
+    small batches, a oneDNN-packed copy, or a float32 copy on CPUs without bf16 dot products."""
+
+    def __init__(self, weight: torch.Tensor, quant: Optional[QuantWeight] = None) -> None:
+        self.quant = quant
+        self.packed = pack_weight(weight)
+        self.weight = weight if self.packed is not None else dense_cpu_weight(weight)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # x [T, D] -> logits [T, V]; float32 where the dense weight is (no bf16 rounding of logits)
+        if self.weight.dtype == torch.float32 and x.dtype != torch.float32:
+            if self.quant is None or x.shape[0] > QUANT_MAX_ROWS:
+                return torch.nn.functional.linear(x.float(), self.weight)
+        return linear(x, self.weight, None, self.packed, self.quant)
+
+
 class LogitsProcessor:
     """Projects hidden states to the vocabulary only where a distribution is needed."""
 
-    def __init__(self, packed_lm_head: Optional[torch.Tensor] = None) -> None:
-        # oneDNN-packed lm_head for small batches on CPU (see layers/linear.py), or None
-        self.packed_lm_head = packed_lm_head
+    def __init__(self, lm_head: LmHead) -> None:
+        self.lm_head = lm_head
 
-    def __call__(
-        self, hidden: torch.Tensor, lm_head: torch.Tensor, forward_batch: ForwardBatch
-    ) -> LogitsOutput:
-        # hidden: [T, D], lm_head: [V, D]
+    def __call__(self, hidden: torch.Tensor, forward_batch: ForwardBatch) -> LogitsOutput:
+        # hidden: [T, D]
         fb = forward_batch
         last = hidden if fb.is_decode else hidden.index_select(0, _last_token_rows(fb))
-        next_token_logits = linear(last, lm_head, None, self.packed_lm_head).float()  # [B, V]
+        next_token_logits = self.lm_head(last).float()  # [B, V]
         if not fb.return_logprob:
             return LogitsOutput(next_token_logits=next_token_logits)
-        logprobs, top = _input_logprobs(hidden, lm_head, fb)
+        logprobs, top = _input_logprobs(hidden, self.lm_head, fb)
         return LogitsOutput(
             next_token_logits, input_token_logprobs=logprobs, input_top_logprobs=top
         )
@@ -56,7 +70,7 @@ def _scored_spans(fb: ForwardBatch) -> list[tuple[int, int]]:
 
 
 def _input_logprobs(
-    hidden: torch.Tensor, lm_head: torch.Tensor, fb: ForwardBatch
+    hidden: torch.Tensor, lm_head: LmHead, fb: ForwardBatch
 ) -> tuple[list[list[float]], list[list[list[tuple[float, int]]]]]:
     spans = _scored_spans(fb)
     top_nums = fb.top_logprobs_nums or [0] * fb.batch_size
@@ -76,7 +90,7 @@ def _input_logprobs(
 
 def _score_rows(
     hidden: torch.Tensor,
-    lm_head: torch.Tensor,
+    lm_head: LmHead,
     input_ids: torch.Tensor,
     rows: list[int],
     tops: list[int],
@@ -88,7 +102,7 @@ def _score_rows(
     token_lp, top_vals, top_ids = [], [], []
     for lo in range(0, len(rows), _LOGPROB_CHUNK):
         part = index[lo : lo + _LOGPROB_CHUNK]
-        logprobs = F.linear(hidden.index_select(0, part), lm_head).float().log_softmax(-1)
+        logprobs = lm_head(hidden.index_select(0, part)).float().log_softmax(-1)
         token_lp.append(logprobs.gather(1, targets[lo : lo + _LOGPROB_CHUNK, None]).squeeze(1))
         if max_top > 0:
             vals, ids = logprobs.topk(max_top, dim=-1)

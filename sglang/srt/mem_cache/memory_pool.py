@@ -87,6 +87,7 @@ class MHATokenToKVPool:
     ) -> None:
         self.size = size
         self.dtype = dtype
+        self.device = torch.device(device)
         shape = (size + 1, num_kv_heads, head_dim)
         self.k_buffer = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v_buffer = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]

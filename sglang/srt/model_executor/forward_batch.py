@@ -68,3 +68,11 @@ class LogitsOutput:
     # Top-k at the same positions, only for requests with top_logprobs_nums[i] > 0:
     # per request, per position, a list of (logprob, token_id), best first.
     input_top_logprobs: Optional[list[list[list[tuple[float, int]]]]] = None
+
+    @classmethod
+    def of_decode(cls, next_token_logits: torch.Tensor, fb: ForwardBatch) -> LogitsOutput:
+        """A DECODE pass's output: it has no input tokens to score."""
+        if not fb.return_logprob:
+            return cls(next_token_logits)
+        empty = [[] for _ in range(fb.batch_size)]
+        return cls(next_token_logits, empty, [[] for _ in range(fb.batch_size)])

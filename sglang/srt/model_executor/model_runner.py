@@ -10,15 +10,17 @@ import torch
 
 from sglang.srt.configs.model_config import ModelConfig
 from sglang.srt.layers.attention import TorchNativeAttnBackend
-from sglang.srt.layers.linear import pack_linears, pack_weight
-from sglang.srt.layers.logits import LogitsProcessor
+from sglang.srt.layers.linear import pack_linears, use_float32_dense
+from sglang.srt.layers.logits import LmHead, LogitsProcessor
 from sglang.srt.mem_cache.memory_pool import (
     MHATokenToKVPool,
     ReqToTokenPool,
     TokenToKVPoolAllocator,
 )
+from sglang.srt.model_executor.compiled import CompiledDecode
 from sglang.srt.model_executor.forward_batch import ForwardBatch, LogitsOutput
-from sglang.srt.model_loader.loader import load_model, resolve_model_path
+from sglang.srt.model_loader.loader import load_model, resolve_gguf_file, resolve_model_path
+from sglang.srt.model_loader.quantize import QuantReport, apply_quantization
 from sglang.srt.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
@@ -50,16 +52,32 @@ class ModelRunner:
         )
         self.dtype = self.model_config.dtype
         self.model = load_model(self.model_config, self.device)
-        packed = pack_linears(self.model)
-        self.logits_processor = LogitsProcessor(pack_weight(self.model.lm_head_weight))
-        if packed:
-            logger.info("%d linear weights packed for oneDNN", packed)
+        self.quant_report = self._prepare_weights()
         # filled by init_memory_pool()
         self.req_to_token_pool: Optional[ReqToTokenPool] = None
         self.token_to_kv_pool_allocator: Optional[TokenToKVPoolAllocator] = None
         self.token_to_kv_pool: Optional[MHATokenToKVPool] = None
         self.attn_backend: Optional[TorchNativeAttnBackend] = None
         self.max_total_tokens = 0
+
+    def _prepare_weights(self) -> QuantReport:
+        """Dense weights in the fastest dtype, low-bit forms (--quantization), packed copies."""
+        to_float32 = use_float32_dense(self.model)
+        report, lm_head_quant = apply_quantization(
+            self.model,
+            self.server_args.quantization,
+            resolve_gguf_file(self.server_args.model_path),
+            self.device,
+        )
+        packed = pack_linears(self.model)
+        self.logits_processor = LogitsProcessor(LmHead(self.model.lm_head_weight, lm_head_quant))
+        logger.info(
+            "%s; dense weights: %d packed for oneDNN, %d in float32",
+            report.summary(),
+            packed,
+            to_float32,
+        )
+        return report
 
     def init_memory_pool(
         self, max_total_tokens: Optional[int] = None, max_running_requests: Optional[int] = None
@@ -80,15 +98,30 @@ class ModelRunner:
             device,
         )
         self.attn_backend = TorchNativeAttnBackend(self.token_to_kv_pool)
+        self.compiled_decode = None
+        if self.use_torch_compile:
+            self.compiled_decode = CompiledDecode(
+                self.model, self.logits_processor.lm_head, self.token_to_kv_pool
+            )
         logger.info("KV pool: %d tokens, %d request rows", self.max_total_tokens, rows)
 
     def forward(self, forward_batch: ForwardBatch) -> LogitsOutput:
         assert self.attn_backend is not None, "call init_memory_pool() before forward()"
         with torch.inference_mode():
+            if forward_batch.is_decode and self.compiled_decode is not None:
+                logits = self.compiled_decode(forward_batch)
+                if logits is not None:
+                    return LogitsOutput.of_decode(logits, forward_batch)
             self.attn_backend.init_forward_metadata(forward_batch)
             fb = forward_batch
             hidden = self.model(fb.input_ids, fb.positions, fb)  # [T, hidden]
-            return self.logits_processor(hidden, self.model.lm_head_weight, fb)
+            return self.logits_processor(hidden, fb)
+
+    @property
+    def use_torch_compile(self) -> bool:
+        """--enable-torch-compile turns the compiled decode step on, --disable-torch-compile off."""
+        args = self.server_args
+        return args.enable_torch_compile and not args.disable_torch_compile
 
     def _pool_tokens_from_memory(self) -> int:
         cfg = self.model_config

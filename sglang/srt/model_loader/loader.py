@@ -40,6 +40,19 @@ def resolve_model_path(model_path: str | None) -> str:
     raise ValueError(f"model path {model_path!r}: no such file or folder")
 
 
+def resolve_gguf_file(model_path: str | None) -> str | None:
+    """The GGUF file --model-path names (the default model's when None), or None."""
+    if model_path is None:
+        return default_model_file()
+    path = os.path.expanduser(model_path)
+    if os.path.isfile(path) and path.endswith(".gguf"):
+        return path
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        ggufs = sorted(glob.glob(os.path.join(path, "*.gguf")))
+        return ggufs[0] if ggufs else None
+    return None
+
+
 def _local_folder(path: str) -> str:
     if os.path.isfile(os.path.join(path, "config.json")):
         return os.path.abspath(path)

@@ -1,0 +1,84 @@
+"""Small C++ kernels for CPU, built on first use with the compiler on the machine.
+
+The build (torch.utils.cpp_extension, -O3 for this CPU) is cached under
+$SGLANG_CACHE_DIR/kernels (default ~/.cache/sglang/kernels), keyed by the source, the torch
+version and the CPU's instruction sets, so it happens once per machine; `scripts/setup.sh`
+runs it. Without a compiler, or if the build fails, load() returns None after one log line and
+the callers use their pure-torch paths. SGLANG_DISABLE_CPU_KERNELS=1 skips them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+from types import ModuleType
+from typing import Optional
+
+logger = logging.getLogger(__name__)
+
+_SOURCES = ("paged_attention.cpp",)
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build_key() -> str:
+    import torch
+
+    h = hashlib.sha256()
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in _SOURCES:
+        with open(os.path.join(here, name), "rb") as f:
+            h.update(f.read())
+    h.update(torch.__version__.encode())
+    h.update(_cpu_flags().encode())
+    return h.hexdigest()[:12]
+
+
+def build_dir() -> str:
+    base = os.environ.get("SGLANG_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "sglang"
+    )
+    return os.path.join(base, "kernels", _build_key())
+
+
+@functools.lru_cache(maxsize=None)
+def load() -> Optional[ModuleType]:
+    """The compiled kernels module, or None (no compiler, failed build, or disabled)."""
+    if os.environ.get("SGLANG_DISABLE_CPU_KERNELS") == "1":
+        return None
+    try:
+        from torch.utils.cpp_extension import load as load_extension
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        path = build_dir()
+        os.makedirs(path, exist_ok=True)
+        return load_extension(
+            name=f"sglang_cpu_kernels_{_build_key()}",
+            sources=[os.path.join(here, name) for name in _SOURCES],
+            extra_cflags=[
+                "-O3",
+                "-march=native",
+                # lets float sums vectorize; infinities and NaNs keep their meaning
+                "-fassociative-math",
+                "-fno-signed-zeros",
+                "-fno-trapping-math",
+            ],
+            build_directory=path,
+            verbose=False,
+        )
+    except Exception as e:  # noqa: BLE001 - any build failure means the torch fallback
+        logger.warning("CPU kernels unavailable, using torch ops: %s", str(e).splitlines()[0])
+        return None
+
