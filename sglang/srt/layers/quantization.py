@@ -107,16 +107,18 @@ def quantize_int4(weight: torch.Tensor, group_size: int = GROUP_SIZE) -> tuple[I
         raise ValueError(f"int4: input size {k} is not a multiple of the group size {group_size}")
     w = weight.float().view(n, k // group_size, group_size)
     lo, hi = w.amin(-1), w.amax(-1)
-    scale = ((hi - lo) / 15).clamp(min=1e-10)
-    codes = ((w - lo[..., None]) / scale[..., None]).round().clamp(0, 15).to(torch.uint8)
-    form = int4_from_codes(codes.view(n, k), scale, lo + 8 * scale, group_size)
+    # codes are rounded against the scale and zero as the kernel will hold them (bf16)
+    scale = ((hi - lo) / 15).clamp(min=1e-10).to(_ACT_DTYPE).float()
+    zero = (lo + 8 * scale).to(_ACT_DTYPE).float()
+    codes = ((w - zero[..., None]) / scale[..., None] + 8).round().clamp(0, 15).to(torch.uint8)
+    form = int4_from_codes(codes.view(n, k), scale, zero, group_size)
     return form, codes.view(n, k)
 
 
 def quantize_int8(weight: torch.Tensor) -> Int8Weight:
     """Round-to-nearest symmetric int8 of weight [N, K] with one scale per row."""
     w = weight.float()
-    scale = (w.abs().amax(-1) / 127).clamp(min=1e-10)
+    scale = (w.abs().amax(-1) / 127).clamp(min=1e-10).to(_ACT_DTYPE).float()
     codes = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
     return Int8Weight(codes.contiguous(), scale.to(_ACT_DTYPE))
 
