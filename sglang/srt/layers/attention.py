@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -219,6 +220,10 @@ class PagedDecodeMetadata:
     backend: "PagedDecodeBackend"
     slots: torch.Tensor  # [B, L] int64 KV slots of each request's tokens; padding reads slot 0
     bias: torch.Tensor  # [B, L] float32: 0 inside a sequence, -inf past its end
+    # with the C++ kernel (then slots and bias are None): the pass's own index tensors
+    req_to_token: Optional[torch.Tensor] = None
+    req_pool_indices: Optional[torch.Tensor] = None
+    seq_lens: Optional[torch.Tensor] = None
 
 
 class PagedDecodeBackend:
@@ -240,7 +245,41 @@ class PagedDecodeBackend:
         self.kv_pool.set_kv_buffer(layer.layer_id, fb.out_cache_loc, k, v)
         k_buf, v_buf = self.kv_pool.get_kv_buffer(layer.layer_id)
         meta: PagedDecodeMetadata = fb.attn_metadata
+        if meta.seq_lens is not None:  # the C++ kernel, as an op inductor calls
+            return torch.ops.sglang.paged_decode_attention(
+                q, k_buf, v_buf, meta.req_to_token, meta.req_pool_indices, meta.seq_lens,
+                layer.scaling,
+            )
         return paged_decode_attention(q, k_buf, v_buf, meta.slots, meta.bias, layer.scaling)
+
+
+@functools.lru_cache(maxsize=None)
+def register_decode_op() -> bool:
+    """torch.ops.sglang.paged_decode_attention: the C++ kernel as an op torch.compile can call
+    (a graph node with a shape-only fake). False where the kernel is not built."""
+    kernels = cpu_kernels.load()
+    if kernels is None:
+        return False
+
+    @torch.library.custom_op("sglang::paged_decode_attention", mutates_args=())
+    def _op(
+        q: torch.Tensor,
+        k_buf: torch.Tensor,
+        v_buf: torch.Tensor,
+        req_to_token: torch.Tensor,
+        req_pool_indices: torch.Tensor,
+        seq_lens: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
+        return kernels.paged_decode_attention(
+            q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, scale
+        )
+
+    @_op.register_fake
+    def _(q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, scale):
+        return q.new_empty(q.shape[0], q.shape[1] * q.shape[2])
+
+    return True
 
 
 def paged_decode_attention(

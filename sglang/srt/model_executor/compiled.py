@@ -23,6 +23,7 @@ from sglang.srt.layers.attention import (
     PagedDecodeBackend,
     PagedDecodeMetadata,
     decode_slots_and_bias,
+    register_decode_op,
 )
 from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
 from sglang.srt.model_executor.forward_batch import ForwardBatch
@@ -55,6 +56,8 @@ class CompiledDecode:
         self.lm_head = lm_head
         meta = PagedDecodeMetadata(PagedDecodeBackend(kv_pool), None, None)
         self.inputs = _DecodeInputs(None, meta)
+        # the C++ decode kernel where it is built, else inductor's own attention code
+        self.kernel = kv_pool.device.type == "cpu" and register_decode_op()
         self.failed: Optional[str] = None
         self._fn = torch.compile(self._step, dynamic=True, fullgraph=True)
 
@@ -66,13 +69,17 @@ class CompiledDecode:
         """Logits of a DECODE pass, or None when the compiled path is off (failed earlier)."""
         if self.failed is not None:
             return None
-        width = max(fb.seq_lens_cpu)
-        slots, bias = decode_slots_and_bias(
-            fb.req_to_token, fb.req_pool_indices, fb.seq_lens, width
-        )
+        meta = self.inputs.attn_metadata
+        if self.kernel:
+            meta.req_to_token = fb.req_to_token
+            meta.req_pool_indices = fb.req_pool_indices
+            meta.seq_lens = fb.seq_lens
+        else:
+            width = max(fb.seq_lens_cpu)
+            meta.slots, meta.bias = decode_slots_and_bias(
+                fb.req_to_token, fb.req_pool_indices, fb.seq_lens, width
+            )
         self.inputs.out_cache_loc = fb.out_cache_loc
-        self.inputs.attn_metadata.slots = slots
-        self.inputs.attn_metadata.bias = bias
         try:
             return self._fn(fb.input_ids, fb.positions)
         except Exception as e:  # noqa: BLE001 - any compiler failure falls back to eager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -12,6 +13,9 @@ import tempfile
 logger = logging.getLogger(__name__)
 
 _WEIGHTS_FILE = "model.safetensors"
+# In a converted folder: the absolute path of the GGUF file it came from (whose quantized
+# blocks --quantization auto keeps).
+SOURCE_FILE = "gguf_source.txt"
 
 
 def gguf_cache_root() -> str:
@@ -41,12 +45,14 @@ def convert_gguf(gguf_path: str) -> str:
         raise ValueError(f"model path {gguf_path!r}: GGUF file not found")
     final = gguf_cache_dir(gguf_path)
     if os.path.isfile(os.path.join(final, _WEIGHTS_FILE)):
+        _record_source(gguf_path, final)
         return final
     os.makedirs(os.path.dirname(final), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(final))
     try:
         logger.info("converting %s to %s (once)", gguf_path, final)
         _write_hf_folder(gguf_path, tmp)
+        _record_source(gguf_path, tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is a plain folder
         os.rename(tmp, final)
     except OSError:
@@ -55,6 +61,23 @@ def convert_gguf(gguf_path: str) -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _record_source(gguf_path: str, folder: str) -> None:
+    path = os.path.join(folder, SOURCE_FILE)
+    if not os.path.isfile(path):
+        with contextlib.suppress(OSError), open(path, "w", encoding="utf-8") as f:
+            f.write(os.path.abspath(gguf_path))
+
+
+def gguf_source(folder: str) -> str | None:
+    """The GGUF file a converted folder came from, if it still exists."""
+    try:
+        with open(os.path.join(folder, SOURCE_FILE), encoding="utf-8") as f:
+            path = f.read().strip()
+    except OSError:
+        return None
+    return path if os.path.isfile(path) else None
 
 
 def _write_hf_folder(gguf_path: str, out_dir: str) -> None:

@@ -13,7 +13,7 @@ from torch import nn
 
 from sglang.srt.configs.model_config import ModelConfig
 from sglang.srt.model_loader.default_model import default_model_file
-from sglang.srt.model_loader.gguf import convert_gguf
+from sglang.srt.model_loader.gguf import convert_gguf, gguf_source
 from sglang.srt.models.registry import get_model_class
 
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
@@ -50,6 +50,8 @@ def resolve_gguf_file(model_path: str | None) -> str | None:
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         ggufs = sorted(glob.glob(os.path.join(path, "*.gguf")))
         return ggufs[0] if ggufs else None
+    if os.path.isdir(path):  # a folder converted from a GGUF file
+        return gguf_source(path)
     return None
 
 

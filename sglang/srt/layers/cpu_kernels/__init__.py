@@ -53,11 +53,37 @@ def build_dir() -> str:
     return os.path.join(base, "kernels", _build_key())
 
 
+def _import_built(path: str, name: str) -> Optional[ModuleType]:
+    """The already-built module in path, imported without invoking the build tools."""
+    import importlib.util
+
+    import torch  # noqa: F401 - the module links against torch's libraries
+
+    library = os.path.join(path, f"{name}.so")
+    if not os.path.isfile(library):
+        return None
+    spec = importlib.util.spec_from_file_location(name, library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @functools.lru_cache(maxsize=None)
 def load() -> Optional[ModuleType]:
-    """The compiled kernels module, or None (no compiler, failed build, or disabled)."""
+    """The compiled kernels module, or None (no compiler, failed build, or disabled).
+
+    NOTE: a module built before is imported directly: the build tools never run again for the
+    same key (they would recheck, and a changed toolchain would rebuild while a server waits).
+    """
     if os.environ.get("SGLANG_DISABLE_CPU_KERNELS") == "1":
         return None
+    name = f"sglang_cpu_kernels_{_build_key()}"
+    try:
+        built = _import_built(build_dir(), name)
+        if built is not None:
+            return built
+    except Exception as e:  # noqa: BLE001 - a broken library is rebuilt below
+        logger.warning("rebuilding the CPU kernels: %s", str(e).splitlines()[0])
     try:
         from torch.utils.cpp_extension import load as load_extension
 
@@ -65,7 +91,7 @@ def load() -> Optional[ModuleType]:
         path = build_dir()
         os.makedirs(path, exist_ok=True)
         return load_extension(
-            name=f"sglang_cpu_kernels_{_build_key()}",
+            name=name,
             sources=[os.path.join(here, name) for name in _SOURCES],
             extra_cflags=[
                 "-O3",
