@@ -47,8 +47,13 @@ def linear(
 ) -> torch.Tensor:
     """x [T, in] @ weight[out, in].T (+ bias), through the form that is fastest for T rows."""
     rows = x.shape[0] if x.dim() == 2 else -1
-    if quant is not None and 0 <= rows <= QUANT_MAX_ROWS:
-        y = quant.matmul(x)
+    if quant is not None:
+        if 0 <= rows <= QUANT_MAX_ROWS:
+            y = quant.matmul(x)
+        else:  # the dense weight (quant's dequantization) at the kernel's precision: bf16
+            # in and out, so a row's result does not depend on which path its batch took
+            xb = x.to(torch.bfloat16)
+            y = F.linear(xb.to(weight.dtype), weight).to(torch.bfloat16).to(x.dtype)
         return y if bias is None else y + bias
     if packed is not None and 0 <= rows <= _PACKED_MAX_ROWS:
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")

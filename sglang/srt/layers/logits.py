@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from sglang.srt.layers.linear import QUANT_MAX_ROWS, dense_cpu_weight, linear, pack_weight
+from sglang.srt.layers.linear import dense_cpu_weight, linear, pack_weight
 from sglang.srt.layers.quantization import QuantWeight
 from sglang.srt.model_executor.forward_batch import ForwardBatch, LogitsOutput
 
@@ -25,9 +25,8 @@ class LmHead:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # x [T, D] -> logits [T, V]; float32 where the dense weight is (no bf16 rounding of logits)
-        if self.weight.dtype == torch.float32 and x.dtype != torch.float32:
-            if self.quant is None or x.shape[0] > QUANT_MAX_ROWS:
-                return torch.nn.functional.linear(x.float(), self.weight)
+        if self.quant is None and self.weight.dtype == torch.float32:
+            return torch.nn.functional.linear(x.float(), self.weight)
         return linear(x, self.weight, None, self.packed, self.quant)
 
 
