@@ -209,26 +209,31 @@ class FakeTokenizerManager:
         rendered = "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages)
         return rendered + "<assistant>"
 
-    async def generate_request(self, obj: Any, request: Any = None) -> AsyncIterator[dict]:
+    async def generate_request(self, obj: Any, request: Any = None) -> AsyncIterator[Any]:
+        from sglang.srt.managers.io_struct import FinishReason, GenerateOutput
+
         self.received.append(obj)
         if self.reject:
             raise ValueError(self.reject)
         params = obj.sampling_params
         gen = apply_limits(self.reply, params["max_new_tokens"], params.get("stop"))
-        finish = {"type": "length"} if gen.finish == "length" else {"type": "stop"}
-        if gen.finish == "stop":
-            finish["matched"] = gen.matched
+        if gen.finish == "length":
+            finish = FinishReason.for_length(params["max_new_tokens"])
+        else:
+            finish = FinishReason.stop(gen.matched)
         words = gen.text.split(" ")
         steps = [" ".join(words[: i + 1]) for i in range(len(words))] if obj.stream else [gen.text]
         for i, text in enumerate(steps):
             done = i == len(steps) - 1
-            meta = {
-                "id": obj.rid,
-                "prompt_tokens": len(obj.text.split()),
-                "completion_tokens": len(text.split()),
-                "finish_reason": finish if done else None,
-            }
-            yield {"text": text, "output_ids": [], "meta_info": meta}
+            yield GenerateOutput(
+                rid=obj.rid,
+                text=text,
+                output_ids=[],
+                prompt_tokens=len(obj.text.split()),
+                completion_tokens=len(text.split()),
+                cached_tokens=0,
+                finish_reason=finish if done else None,
+            )
 
 
 @pytest.fixture(scope="module")
