@@ -170,3 +170,58 @@ def test_quantization_off_cpu_keeps_dense_weights(tiny_llama_path):
     )
     report, lm_head = apply_quantization(runner.model, "int4", None, torch.device("meta"))
     assert lm_head is None and report.forms == {} and "CPU only" in report.dense[0]
+
+
+# ---- the compiled decode step (--enable-torch-compile) ---------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["none", "int4"])
+def test_compiled_decode_matches_eager(tiny_model_dir, mode):  # noqa: F811
+    """The compiled step (inductor code + the C++ attention op) against the eager forward on the
+    same weights, at batch 1, a small batch and one past QUANT_MAX_ROWS (three graphs)."""
+    from test_models import Driver
+
+    def runner(compiled: bool) -> ModelRunner:
+        r = ModelRunner(
+            ServerArgs(
+                model_path=tiny_model_dir,
+                dtype="float32",
+                device="cpu",
+                num_threads=1,
+                quantization=mode,
+                enable_torch_compile=compiled,
+            )
+        )
+        r.init_memory_pool(max_total_tokens=4096, max_running_requests=32)
+        return r
+
+    eager, compiled = runner(False), runner(True)
+    assert compiled.compiled_decode is not None and compiled.compiled_decode.failed is None
+    ps = prompts(linear_mod.QUANT_MAX_ROWS + 1, 5, seed=7)
+    for batch in (1, 3, len(ps)):
+        outs = []
+        for r in (eager, compiled):
+            d = Driver(r)
+            d.extend({f"r{i}": ps[i] for i in range(batch)})
+            steps = [d.decode({f"r{i}": 100 + s for i in range(batch)}) for s in range(3)]
+            outs.append([o.next_token_logits for o in steps])
+        for a, b in zip(*outs):
+            # float32 model: only the order of sums differs (bf16 rounding where quantized)
+            tol = 1e-3 if mode == "none" else 0.05
+            torch.testing.assert_close(b, a, atol=tol, rtol=tol)
+    assert compiled.compiled_decode.failed is None
+
+
+def test_compiled_scheduler_batched_equals_one_at_a_time(tiny_model_dir):  # noqa: F811
+    ps = prompts(3, 20, seed=5)
+    # up to 4 running: the warm-up compiles the batch-1 and small-batch graphs only
+    args = dict(quantization="int4", enable_torch_compile=True, max_running_requests=4)
+    alone = {}
+    for i, p in enumerate(ps):
+        s = make_scheduler(tiny_model_dir, disable_radix_cache=True, **args)
+        alone.update(run_all(s, [request(f"r{i}", p)]))
+    s = make_scheduler(tiny_model_dir, **args)
+    together = run_all(s, [request(f"r{i}", p) for i, p in enumerate(ps)])
+    assert s.runner.compiled_decode.failed is None
+    for rid in alone:
+        assert together[rid]["ids"] == alone[rid]["ids"]

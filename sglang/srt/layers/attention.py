@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,9 @@ from torch import nn
 
 from sglang.srt.layers import cpu_kernels
 from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
-from sglang.srt.model_executor.forward_batch import ForwardBatch
+
+if TYPE_CHECKING:  # layers/ imports nothing from the packages above it at run time
+    from sglang.srt.model_executor.forward_batch import ForwardBatch
 
 
 class Attention(nn.Module):

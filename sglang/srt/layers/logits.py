@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from sglang.srt.layers.linear import dense_cpu_weight, linear, pack_weight
 from sglang.srt.layers.quantization import QuantWeight
-from sglang.srt.model_executor.forward_batch import ForwardBatch, LogitsOutput
+
+if TYPE_CHECKING:  # layers/ imports nothing from the packages above it at run time
+    from sglang.srt.model_executor.forward_batch import ForwardBatch
 
 # Rows of full-vocab logits materialized at once when scoring input tokens (bounds memory).
 _LOGPROB_CHUNK = 256
+
+
+@dataclass
+class LogitsOutput:
+    """What the model's logits layer returns for one pass."""
+
+    next_token_logits: torch.Tensor  # [B, V] float32: logits after each request's last new token
+    # Input-token logprobs, one list per request (empty where none were asked for): entry j is
+    # the logprob of the new token at chunk offset k+1+j (see ForwardBatch).
+    input_token_logprobs: Optional[list[list[float]]] = None
+    # Top-k at the same positions, only for requests with top_logprobs_nums[i] > 0:
+    # per request, per position, a list of (logprob, token_id), best first.
+    input_top_logprobs: Optional[list[list[list[tuple[float, int]]]]] = None
+
+    @classmethod
+    def of_decode(cls, next_token_logits: torch.Tensor, fb: ForwardBatch) -> LogitsOutput:
+        """A DECODE pass's output: it has no input tokens to score."""
+        if not fb.return_logprob:
+            return cls(next_token_logits)
+        empty = [[] for _ in range(fb.batch_size)]
+        return cls(next_token_logits, empty, [[] for _ in range(fb.batch_size)])
 
 
 class LmHead:

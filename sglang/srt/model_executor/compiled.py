@@ -59,7 +59,14 @@ class CompiledDecode:
         # the C++ decode kernel where it is built, else inductor's own attention code
         self.kernel = kv_pool.device.type == "cpu" and register_decode_op()
         self.failed: Optional[str] = None
-        self._fn = torch.compile(self._step, dynamic=True, fullgraph=True)
+        # emulate_precision_casts: round where eager rounds (bf16 casts), so the compiled step
+        # gives the eager forward's numbers, not more precise ones that differ from them
+        self._fn = torch.compile(
+            self._step,
+            dynamic=True,
+            fullgraph=True,
+            options={"emulate_precision_casts": True},
+        )
 
     def _step(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids, positions, self.inputs)

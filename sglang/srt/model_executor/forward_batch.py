@@ -8,6 +8,9 @@ from typing import Any, Optional
 
 import torch
 
+# LogitsOutput belongs to the logits layer; it is also reachable from here, beside ForwardBatch.
+from sglang.srt.layers.logits import LogitsOutput  # noqa: F401
+
 
 class ForwardMode(enum.Enum):
     EXTEND = 1  # one or more new tokens per request (prefill, chunked prefill, jump-forward)
@@ -55,24 +58,3 @@ class ForwardBatch:
     @property
     def num_tokens(self) -> int:
         return int(self.input_ids.shape[0])
-
-
-@dataclass
-class LogitsOutput:
-    """What the model's logits layer returns for one pass."""
-
-    next_token_logits: torch.Tensor  # [B, V] float32: logits after each request's last new token
-    # Input-token logprobs, one list per request (empty where none were asked for): entry j is
-    # the logprob of the new token at chunk offset k+1+j (see ForwardBatch).
-    input_token_logprobs: Optional[list[list[float]]] = None
-    # Top-k at the same positions, only for requests with top_logprobs_nums[i] > 0:
-    # per request, per position, a list of (logprob, token_id), best first.
-    input_top_logprobs: Optional[list[list[list[tuple[float, int]]]]] = None
-
-    @classmethod
-    def of_decode(cls, next_token_logits: torch.Tensor, fb: ForwardBatch) -> LogitsOutput:
-        """A DECODE pass's output: it has no input tokens to score."""
-        if not fb.return_logprob:
-            return cls(next_token_logits)
-        empty = [[] for _ in range(fb.batch_size)]
-        return cls(next_token_logits, empty, [[] for _ in range(fb.batch_size)])

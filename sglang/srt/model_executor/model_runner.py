@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Optional
 
 import torch
 
 from sglang.srt.configs.model_config import ModelConfig
 from sglang.srt.layers.attention import TorchNativeAttnBackend
-from sglang.srt.layers.linear import pack_linears, use_float32_dense
+from sglang.srt.layers.linear import QUANT_MAX_ROWS, pack_linears, use_float32_dense
 from sglang.srt.layers.logits import LmHead, LogitsProcessor
 from sglang.srt.mem_cache.memory_pool import (
     MHATokenToKVPool,
@@ -18,7 +19,7 @@ from sglang.srt.mem_cache.memory_pool import (
     TokenToKVPoolAllocator,
 )
 from sglang.srt.model_executor.compiled import CompiledDecode
-from sglang.srt.model_executor.forward_batch import ForwardBatch, LogitsOutput
+from sglang.srt.model_executor.forward_batch import ForwardBatch, ForwardMode, LogitsOutput
 from sglang.srt.model_loader.loader import load_model, resolve_gguf_file, resolve_model_path
 from sglang.srt.model_loader.quantize import QuantReport, apply_quantization
 from sglang.srt.server_args import ServerArgs
@@ -103,6 +104,7 @@ class ModelRunner:
             self.compiled_decode = CompiledDecode(
                 self.model, self.logits_processor.lm_head, self.token_to_kv_pool
             )
+            self._warm_up_compiled(rows)
         logger.info("KV pool: %d tokens, %d request rows", self.max_total_tokens, rows)
 
     def forward(self, forward_batch: ForwardBatch) -> LogitsOutput:
@@ -116,6 +118,49 @@ class ModelRunner:
             fb = forward_batch
             hidden = self.model(fb.input_ids, fb.positions, fb)  # [T, hidden]
             return self.logits_processor(hidden, fb)
+
+    def _warm_up_compiled(self, max_rows: int) -> None:
+        """Compile the decode graphs now (batch 1, small batches, batches past QUANT_MAX_ROWS),
+        before the server reports ready: a first request would otherwise wait for the
+        compiler, and the watchdog would take that for a stuck step."""
+        start = time.perf_counter()
+        pool, alloc = self.req_to_token_pool, self.token_to_kv_pool_allocator
+        for batch in (1, 2, QUANT_MAX_ROWS + 1):
+            if batch > max_rows or self.compiled_decode.failed:
+                break
+            rows = [pool.alloc() for _ in range(batch)]
+            slots = alloc.alloc(2 * batch)
+            if slots is None:
+                break
+            table = slots.view(batch, 2)
+            for i, row in enumerate(rows):
+                pool.req_to_token[row, :2] = table[i]
+            device = pool.req_to_token.device
+            self.forward(
+                ForwardBatch(
+                    mode=ForwardMode.DECODE,
+                    batch_size=batch,
+                    input_ids=torch.zeros(batch, dtype=torch.int64, device=device),
+                    positions=torch.ones(batch, dtype=torch.int64, device=device),
+                    out_cache_loc=table[:, 1].contiguous(),
+                    req_pool_indices=torch.tensor(rows, device=device),
+                    seq_lens=torch.full((batch,), 2, dtype=torch.int64, device=device),
+                    req_to_token=pool.req_to_token,
+                    seq_lens_cpu=[2] * batch,
+                    extend_prefix_lens_cpu=[1] * batch,
+                    extend_seq_lens_cpu=[1] * batch,
+                )
+            )
+            alloc.free(slots)
+            for row in rows:
+                pool.free(row)
+        logger.info(
+            "compiled decode step ready in %.1f s%s",
+            time.perf_counter() - start,
+            f" (failed: {self.compiled_decode.failed}; running eager)"
+            if self.compiled_decode.failed
+            else "",
+        )
 
     @property
     def use_torch_compile(self) -> bool:
