@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sglang.srt.layers.quantization import QuantWeight
+from sglang.srt.layers.quantization import Bf16Weight, QuantWeight
 
 # Up to this many rows a oneDNN-packed weight wins (2x at one row, even at 64, slower at 512):
 # decode uses it, long prefills keep the plain kernel.
 _PACKED_MAX_ROWS = 64
-# Up to this many rows a low-bit weight (layers/quantization.py) beats the dense kernels: a
-# step is weight streaming there. Above it the dense weight is faster (benchmark/bench_forward.py
-# --kernels prints the crossover on this machine).
+# At most this many rows go through a layer's small-batch form (layers/quantization.py; each
+# form has its own max_rows, measured with benchmark/bench_forward.py): a step is weight
+# streaming there. Larger products use the dense weight.
 QUANT_MAX_ROWS = 16
 
 
@@ -48,7 +48,7 @@ def linear(
     """x [T, in] @ weight[out, in].T (+ bias), through the form that is fastest for T rows."""
     rows = x.shape[0] if x.dim() == 2 else -1
     if quant is not None:
-        if 0 <= rows <= QUANT_MAX_ROWS:
+        if 0 <= rows <= min(quant.max_rows, QUANT_MAX_ROWS):
             y = quant.matmul(x)
         else:  # the dense weight (quant's dequantization) at the kernel's precision: bf16
             # in and out, so a row's result does not depend on which path its batch took
@@ -108,6 +108,8 @@ def use_float32_dense(model: nn.Module) -> int:
         if isinstance(module, Linear) and not bf16_packing_works(module.weight.device):
             dense = dense_cpu_weight(module.weight)
             if dense is not module.weight:
+                if module.weight.dtype == torch.bfloat16:  # kept for 1-2 rows (decode)
+                    module.quant = Bf16Weight(module.weight.detach())
                 module.weight = nn.Parameter(dense, requires_grad=False)
                 count += 1
     return count

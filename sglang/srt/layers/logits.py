@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from sglang.srt.layers.linear import dense_cpu_weight, linear, pack_weight
-from sglang.srt.layers.quantization import QuantWeight
+from sglang.srt.layers.quantization import Bf16Weight, QuantWeight
 
 if TYPE_CHECKING:  # layers/ imports nothing from the packages above it at run time
     from sglang.srt.model_executor.forward_batch import ForwardBatch
@@ -43,14 +43,18 @@ class LmHead:
     small batches, a oneDNN-packed copy, or a float32 copy on CPUs without bf16 dot products."""
 
     def __init__(self, weight: torch.Tensor, quant: Optional[QuantWeight] = None) -> None:
-        self.quant = quant
         self.packed = pack_weight(weight)
         self.weight = weight if self.packed is not None else dense_cpu_weight(weight)
+        if quant is None and self.weight is not weight and weight.dtype == torch.bfloat16:
+            quant = Bf16Weight(weight.detach())  # decode reads half the bytes (see Bf16Weight)
+        self.quant = quant
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # x [T, D] -> logits [T, V]; float32 where the dense weight is (no bf16 rounding of logits)
-        if self.quant is None and self.weight.dtype == torch.float32:
-            return torch.nn.functional.linear(x.float(), self.weight)
+        small = self.quant is not None and x.shape[0] <= self.quant.max_rows
+        if self.weight.dtype == torch.float32 and not small:
+            if self.quant is None or isinstance(self.quant, Bf16Weight):
+                return torch.nn.functional.linear(x.float(), self.weight)
         return linear(x, self.weight, None, self.packed, self.quant)
 
 

@@ -42,6 +42,7 @@ class Int4Weight:
     scales_zeros: torch.Tensor  # [K / group_size, N, 2] bfloat16: (scale, zero) per group
     group_size: int
     shape: tuple[int, int]  # (N, K)
+    max_rows = 16  # up to this many rows it beats the dense kernels (bench_forward.py)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         # x [T, K] -> [T, N] in x's dtype
@@ -61,6 +62,7 @@ class Int8Weight:
 
     qweight: torch.Tensor  # [N, K] int8
     scales: torch.Tensor  # [N] bfloat16
+    max_rows = 16
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         return torch._weight_int8pack_mm(x.to(_ACT_DTYPE), self.qweight, self.scales).to(x.dtype)
@@ -74,7 +76,24 @@ class Int8Weight:
         return self.qweight.nbytes + self.scales.nbytes
 
 
-QuantWeight = Union[Int4Weight, Int8Weight]
+@dataclass
+class Bf16Weight:
+    """A dense bf16 weight [N, K] for one- and two-row products on CPUs whose fast dense path is
+    float32 (no bf16 dot products): there a matrix-vector product is bound by reading the
+    weight, and bf16 reads half the bytes (2x faster at one row; float32 wins from ~4 rows)."""
+
+    weight: torch.Tensor
+    max_rows = 2
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x.to(_ACT_DTYPE), self.weight).to(x.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight.nbytes
+
+
+QuantWeight = Union[Int4Weight, Int8Weight, Bf16Weight]
 
 
 # ---- building the forms ----------------------------------------------------------------------
