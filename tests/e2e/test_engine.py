@@ -28,9 +28,11 @@ def engine() -> Iterator[Engine]:
 def test_batch_greedy_equals_the_server(engine: Engine, server_url: str) -> None:
     outs = engine.generate(PROMPTS, GREEDY)
     assert isinstance(outs, list) and len(outs) == len(PROMPTS)
-    for prompt, out in zip(PROMPTS, outs):
-        body = {"text": prompt, "sampling_params": GREEDY}
-        ref = requests.post(server_url + "/generate", json=body, timeout=300).json()
+    # the same batch through the server: the default model's int4 kernels may round a row
+    # differently in passes of other sizes, so both sides get the same passes
+    body = {"text": PROMPTS, "sampling_params": GREEDY}
+    refs = requests.post(server_url + "/generate", json=body, timeout=300).json()
+    for prompt, out, ref in zip(PROMPTS, outs, refs):
         assert out["output_ids"] == ref["output_ids"], prompt
         assert out["text"] == ref["text"]
 

@@ -133,9 +133,10 @@ def test_select_scores_are_the_servers_own_logprobs(backend: Any, server_url: st
         full = requests.post(server_url + "/generate", json=body, timeout=300).json()
         tail = full["meta_info"]["input_token_logprobs"][-len(entries) :]
         assert [e[1] for e in tail] == [e[1] for e in entries]
-        # equal up to bf16 rounding: the default model's int4 matmul kernel may sum a row in
-        # another order when the pass holds another number of rows (here 1-3 vs ~8)
-        assert [e[0] for e in tail] == pytest.approx([e[0] for e in entries], abs=1e-2)
+        # equal up to bf16 rounding: the default model's int4 kernels may round a row
+        # differently when the pass holds another number of rows (here 1-3 vs ~8); measured
+        # up to 0.024 apart
+        assert [e[0] for e in tail] == pytest.approx([e[0] for e in entries], abs=5e-2)
         assert "".join(e[2] for e in entries).endswith(choice.strip())
         assert score == pytest.approx(mean_logprob(entries))
 

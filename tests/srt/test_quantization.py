@@ -212,14 +212,24 @@ def test_compiled_decode_matches_eager(tiny_model_dir, mode):  # noqa: F811
     assert compiled.compiled_decode.failed is None
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each runner compiles its own graphs; dynamo's per-function recompile limit counts them
+    all within one process, which a server (one runner) never reaches but a test file does."""
+    torch._dynamo.reset()
+    yield
+
+
 def test_compiled_scheduler_batched_equals_one_at_a_time(tiny_model_dir):  # noqa: F811
     ps = prompts(3, 20, seed=5)
     # up to 4 running: the warm-up compiles the batch-1 and small-batch graphs only
     args = dict(quantization="int4", enable_torch_compile=True, max_running_requests=4)
     alone = {}
     for i, p in enumerate(ps):
+        torch._dynamo.reset()
         s = make_scheduler(tiny_model_dir, disable_radix_cache=True, **args)
         alone.update(run_all(s, [request(f"r{i}", p)]))
+    torch._dynamo.reset()
     s = make_scheduler(tiny_model_dir, **args)
     together = run_all(s, [request(f"r{i}", p) for i, p in enumerate(ps)])
     assert s.runner.compiled_decode.failed is None
