@@ -87,59 +87,22 @@ class Engine:
         self.runner.init_memory_pool(max_total_tokens=80_000, max_running_requests=128)
         print(f"# ours: {self.runner.quant_report.summary()}", flush=True)
 
-    def _batch(self, mode, rows, lens, new):
-        import torch
-
-        from sglang.srt.model_executor.forward_batch import ForwardBatch
-
-        pool, alloc = self.runner.req_to_token_pool, self.runner.token_to_kv_pool_allocator
-        locs, positions = [], []
-        for i, n in enumerate(new):
-            slots = alloc.alloc(n)
-            pool.req_to_token[rows[i], lens[i] : lens[i] + n] = slots
-            locs.append(slots)
-            positions.append(torch.arange(lens[i], lens[i] + n))
-            lens[i] += n
-        ids = torch.randint(100, 40000, (sum(new),))
-        return ForwardBatch(
-            mode=mode,
-            batch_size=len(new),
-            input_ids=ids,
-            positions=torch.cat(positions),
-            out_cache_loc=torch.cat(locs),
-            req_pool_indices=torch.tensor(rows),
-            seq_lens=torch.tensor(lens),
-            req_to_token=pool.req_to_token,
-            seq_lens_cpu=list(lens),
-            extend_prefix_lens_cpu=[n_ - k for n_, k in zip(lens, new)],
-            extend_seq_lens_cpu=list(new),
-        )
-
     def run(self, batch: int, prompt: int, steps: int) -> tuple[float, float]:
-        """(prefill seconds, decode seconds) of `batch` streams: prompt tokens, then steps."""
+        """(prefill seconds, decode seconds) of `batch` streams: prompt tokens, then steps.
+        Without a prompt (tg128 starts from an empty context) the first token is a 1-token
+        extend, not counted as prefill."""
+        from bench_forward import Requests, fresh
+
         from sglang.srt.model_executor.forward_batch import ForwardMode
 
-        pool = self.runner.req_to_token_pool
-        rows = [pool.alloc() for _ in range(batch)]
-        lens = [0] * batch
+        fresh(self.runner)
+        reqs = Requests(self.runner, batch, 0)
         t0 = time.perf_counter()
-        if prompt:
-            for i in range(batch):  # one prompt per pass, as a server admits them in chunks
-                self.runner.forward(
-                    self._batch(ForwardMode.EXTEND, rows[i : i + 1], lens[i : i + 1], [prompt])
-                )
+        self.runner.forward(reqs.batch(ForwardMode.EXTEND, [prompt or 1] * batch))
         t1 = time.perf_counter()
-        if not prompt:  # tg128 starts from an empty context: the first token is a 1-token extend
-            self.runner.forward(self._batch(ForwardMode.EXTEND, rows, lens, [1] * batch))
-            t1 = time.perf_counter()
         for _ in range(steps):
-            self.runner.forward(self._batch(ForwardMode.DECODE, rows, lens, [1] * batch))
-        t2 = time.perf_counter()
-        alloc = self.runner.token_to_kv_pool_allocator
-        for i, row in enumerate(rows):
-            alloc.free(pool.req_to_token[row, : lens[i]].clone())
-            pool.free(row)
-        return t1 - t0, t2 - t1
+            self.runner.forward(reqs.batch(ForwardMode.DECODE, [1] * batch))
+        return (t1 - t0 if prompt else 0.0), time.perf_counter() - t1
 
 
 def server_decode(url: str, batch: int, prompt_words: int, steps: int) -> float:

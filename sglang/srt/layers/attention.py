@@ -146,12 +146,8 @@ class TorchNativeAttnBackend:
 
     def _decode_chunk(self, fb: ForwardBatch, slots: torch.Tensor, lo: int, hi: int) -> DecodeChunk:
         width = max(fb.seq_lens_cpu[lo:hi])
-        positions = torch.arange(width, device=slots.device)
-        inside = positions[None, :] < fb.seq_lens[lo:hi, None]  # [n, L]
-        chunk_slots = slots[lo:hi, :width].masked_fill(~inside, 0)
-        bias = torch.zeros(inside.shape, dtype=torch.float32, device=slots.device)
-        bias = bias.masked_fill(~inside, float("-inf"))[:, None, None, :]
-        return DecodeChunk(lo, hi, chunk_slots.reshape(-1), bias)
+        chunk_slots, bias = _mask_padding(slots[lo:hi, :width], fb.seq_lens[lo:hi])
+        return DecodeChunk(lo, hi, chunk_slots.reshape(-1), bias[:, None, None, :])
 
     def _decode(self, q: torch.Tensor, layer: Attention, chunk: DecodeChunk) -> torch.Tensor:
         # One padded gather + two batched matmuls; K/V heads are shared by q-head groups
@@ -314,8 +310,13 @@ def decode_slots_and_bias(
     width: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """([B, width] KV slots with padding at slot 0, [B, width] float32 bias) of a DECODE pass."""
-    slots = req_to_token[:, :width].index_select(0, req_pool_indices)
-    inside = torch.arange(width, device=slots.device)[None, :] < seq_lens[:, None]
+    return _mask_padding(req_to_token[:, :width].index_select(0, req_pool_indices), seq_lens)
+
+
+def _mask_padding(slots: torch.Tensor, seq_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """slots [B, L] with positions past each length pointed at slot 0, and the [B, L] float32
+    bias that hides them (0 inside a sequence, -inf past its end)."""
+    inside = torch.arange(slots.shape[1], device=slots.device)[None, :] < seq_lens[:, None]
     bias = torch.zeros(inside.shape, dtype=torch.float32, device=slots.device)
     return slots.masked_fill(~inside, 0), bias.masked_fill(~inside, float("-inf"))
 

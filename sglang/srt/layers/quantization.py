@@ -24,7 +24,7 @@ through its dequantized dense weight.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -174,6 +174,3 @@ def gguf_int4_codes(type_name: str, raw: np.ndarray) -> tuple[torch.Tensor, torc
         zero = m + 8 * d
     return torch.from_numpy(codes.copy()), torch.from_numpy(d), torch.from_numpy(zero)
 
-
-def pick_rows(codes_or_rows: torch.Tensor, perm: Optional[torch.Tensor]) -> torch.Tensor:
-    return codes_or_rows if perm is None else codes_or_rows.index_select(0, perm)

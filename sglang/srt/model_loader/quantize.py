@@ -83,17 +83,14 @@ def apply_quantization(
         if gguf_path is None:
             return report, None
         return _from_gguf(model, gguf_path, report)
-    lm_head = None
-    quantize = q.quantize_int4 if method == "int4" else None
     for name, module in _linears(model):
-        form = _quantize_dense(module.weight, method, quantize)
-        _install(module, name, form, report)
+        _install(module, name, _quantize_dense(module.weight, method), report)
     lm_weight = model.lm_head_weight
-    lm_head = _quantize_dense(lm_weight, method, quantize)
-    _set_dense(lm_weight, lm_head[1])
+    lm_head, lm_dense = _quantize_dense(lm_weight, method)
+    _set_dense(lm_weight, lm_dense)
     report.forms["lm_head"] = method
-    report.quant_bytes += lm_head[0].nbytes
-    return report, lm_head[0]
+    report.quant_bytes += lm_head.nbytes
+    return report, lm_head
 
 
 def _linears(model: nn.Module):
@@ -102,12 +99,12 @@ def _linears(model: nn.Module):
             yield name, module
 
 
-def _quantize_dense(weight: torch.Tensor, method: str, quantize) -> tuple[q.QuantWeight, torch.Tensor]:
-    """(form, its dequantized float32 weight) of a dense weight."""
+def _quantize_dense(weight: torch.Tensor, method: str) -> tuple[q.QuantWeight, torch.Tensor]:
+    """(form, its dequantized float32 weight) of a dense weight; method is int8 or int4."""
     if method == "int8":
         form = q.quantize_int8(weight)
         return form, q.int8_dequantize(form)
-    form, codes = quantize(weight)
+    form, codes = q.quantize_int4(weight)
     return form, q.int4_dequantize(codes, form)
 
 
