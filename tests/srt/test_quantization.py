@@ -80,6 +80,8 @@ def test_int4_and_int8_kernels_multiply_by_their_dequantized_weight(rows):
 def test_bad_quantization_is_named():
     with pytest.raises(ValueError, match="quantization='int3'"):
         ServerArgs(quantization="int3")
+    with pytest.raises(ValueError, match="enable_torch_compile and disable_torch_compile"):
+        ServerArgs(enable_torch_compile=True, disable_torch_compile=True)
 
 
 def _default_runner(quantization: str) -> ModelRunner:
