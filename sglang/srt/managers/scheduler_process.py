@@ -100,7 +100,10 @@ def event_loop(
     poller = zmq.Poller()
     poller.register(recv, zmq.POLLIN)
     while True:
-        timeout = 0 if scheduler.has_work() else 1000
+        if scheduler.running or scheduler.waiting:
+            timeout = 0
+        else:  # idle, or only grammars compiling in the background: no busy loop
+            timeout = 2 if scheduler.grammar_queue else 1000
         if poller.poll(timeout):
             _drain(scheduler, recv, send)
         if os.getppid() != parent:  # a cheap syscall; no orphan keeps computing
