@@ -24,7 +24,6 @@ import os
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 
@@ -37,7 +36,7 @@ from common import (  # noqa: E402
     start_sglang_server,
     stream_generate,
 )
-from llama_cpp import tool_path  # noqa: E402
+from llama_cpp import run_tool, tool_path  # noqa: E402
 
 
 def llama_bench(threads: int, reps: int) -> dict[str, float]:
@@ -46,9 +45,7 @@ def llama_bench(threads: int, reps: int) -> dict[str, float]:
     if binary is None:
         raise SystemExit("llama-bench is not built: python benchmark/llama_cpp.py build")
     cmd = [str(binary), "-m", default_gguf_path(), "-t", str(threads), "-p", "512", "-n", "128"]
-    out = subprocess.run(
-        [*cmd, "-r", str(reps), "-o", "json"], capture_output=True, text=True, check=True
-    ).stdout
+    out = run_tool([*cmd, "-r", str(reps), "-o", "json"], ["--repack", "0"]).stdout
     result = {}
     for entry in json.loads(out):
         key = f"pp{entry['n_prompt']}" if entry["n_gen"] == 0 else f"tg{entry['n_gen']}"
@@ -65,7 +62,7 @@ def llama_batched_bench(threads: int, batches: list[int]) -> dict[int, float]:
     cmd = [str(binary), "-m", default_gguf_path(), "-t", str(threads), "-c", str(ctx)]
     cmd += ["-b", "2048", "-ub", "512", "-npp", "128", "-ntg", "128"]
     cmd += ["-npl", ",".join(map(str, batches))]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    out = run_tool(cmd, ["--no-repack"])
     result = {}
     for line in (out.stdout + out.stderr).splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

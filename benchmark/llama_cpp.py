@@ -42,6 +42,23 @@ def binary_path() -> Path | None:
     return tool_path("llama-server")
 
 
+def run_tool(cmd: list[str], no_repack: list[str]) -> subprocess.CompletedProcess:
+    """Run a llama.cpp tool and capture its output. Where it dies on a signal (its AMX
+    weight-repacking path segfaults on some virtual machines), run it again with `no_repack`
+    (the tool's flag turning repacking off) and say so on stderr."""
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode < 0:
+        print(
+            f"# {Path(cmd[0]).name} died on signal {-out.returncode}; "
+            f"rerun with {' '.join(no_repack)} (no weight repacking)",
+            file=sys.stderr,
+            flush=True,
+        )
+        out = subprocess.run([*cmd, *no_repack], capture_output=True, text=True)
+    out.check_returncode()
+    return out
+
+
 def _run(cmd: list[str], cwd: Path | None = None) -> None:
     """Run a build step at the lowest CPU priority so the machine stays usable."""
     print("+", " ".join(cmd), flush=True)

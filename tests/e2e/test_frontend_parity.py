@@ -35,11 +35,13 @@ def chat_example(s):
 
 def test_healing_fixes_the_seed_roles_example(backend: Any) -> None:
     healed = chat_example.run(temperature=0)
-    assert "Paris" in healed["answer"]
+    assert healed["answer"].startswith("Paris")
     assert healed.get_meta_info("answer")["token_healing"] == {"removed": " "}
     assert "Answer: " + healed["answer"] + "<|im_end|>" in healed.text()
     plain = chat_example.run(temperature=0, token_healing=False, max_new_tokens=12)
-    assert "Paris" not in plain["answer"]  # the lone-space prompt derails the default model
+    # after a lone trailing space the default model cannot start with " Paris" (one token):
+    # it answers something else first ("2722...", "27. Paris is..." depending on the kernels)
+    assert not plain["answer"].startswith("Paris")
     assert "token_healing" not in plain.get_meta_info("answer")
 
 

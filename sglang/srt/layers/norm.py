@@ -1,4 +1,4 @@
-"""RMSNorm, optionally fused with the residual add that precedes it."""
+"""RMSNorm, optionally fused with the residual add that precedes it (one C++ pass on CPU)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from typing import Optional
 
 import torch
 from torch import nn
+
+from sglang.srt.layers import cpu_kernels
 
 
 class RMSNorm(nn.Module):
@@ -18,6 +20,12 @@ class RMSNorm(nn.Module):
         self, x: torch.Tensor, residual: Optional[torch.Tensor] = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         # x, residual: [T, D]. With a residual: returns (norm(x + residual), x + residual).
+        kernels = cpu_kernels.for_tensor(x)
+        if kernels is not None and x.dtype == self.weight.dtype and x.dim() == 2:
+            if residual is None:
+                return kernels.rms_norm(x, self.weight, self.eps)
+            out, total = kernels.add_rms_norm(x, residual, self.weight, self.eps)
+            return out, total
         if residual is None:
             return rms_norm(x, self.weight, self.eps)
         x = x + residual

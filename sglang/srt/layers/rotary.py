@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 from torch import nn
+
+from sglang.srt.layers import cpu_kernels
 
 
 class RotaryEmbedding(nn.Module):
@@ -28,9 +31,37 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", torch.cat([cos, cos], -1).to(dtype), persistent=False)
         self.register_buffer("sin", torch.cat([-sin, sin], -1).to(dtype), persistent=False)
 
-    def lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # positions: [T] int64 -> cos, sin: [T, 1, D], broadcast over heads
-        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+    def lookup(self, positions: torch.Tensor) -> Rope:
+        # positions: [T] int64 -> the pass's rotation, applied by each layer
+        kernels = cpu_kernels.for_tensor(positions)
+        if kernels is not None and self.cos.device.type == "cpu":
+            return Rope(None, None, kernels, self.cos, self.sin, positions)
+        return Rope(self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1))
+
+
+@dataclass
+class Rope:
+    """One pass's rotary embedding: positions looked up once, applied by every layer."""
+
+    cos: Optional[torch.Tensor]  # [T, 1, D], broadcast over heads (torch ops)
+    sin: Optional[torch.Tensor]
+    # or, on CPU: the C++ kernel, which reads the [P, D] tables at the positions itself
+    kernels: Any = None
+    cos_table: Optional[torch.Tensor] = None
+    sin_table: Optional[torch.Tensor] = None
+    positions: Optional[torch.Tensor] = None
+
+    def rotate(self, x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+        # x: [T, W] rows whose first `heads` heads of head_dim get rotated -> [T, heads, D]
+        if self.kernels is not None and x.dtype == self.cos_table.dtype and x.stride(-1) == 1:
+            return self.kernels.rotary(
+                x, self.cos_table, self.sin_table, self.positions, heads, head_dim
+            )
+        if self.cos is None:  # (a dtype the tables do not have)
+            self.cos = self.cos_table[self.positions].unsqueeze(1)
+            self.sin = self.sin_table[self.positions].unsqueeze(1)
+        rows = x[:, : heads * head_dim].reshape(x.shape[0], heads, head_dim)
+        return apply_rotary(rows, self.cos.to(x.dtype), self.sin.to(x.dtype))
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ from typing import Optional
 
 import torch
 
+from sglang.srt.layers import cpu_kernels
+
 
 class ReqToTokenPool:
     """Rows of KV slot indices, one row per running request."""
@@ -94,6 +96,10 @@ class MHATokenToKVPool:
 
     def set_kv_buffer(self, layer_id: int, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         # loc: [T] int64, k/v: [T, num_kv_heads, head_dim]
+        kernels = cpu_kernels.for_tensor(k)
+        if kernels is not None and k.dtype == v.dtype == self.dtype:  # one call, no index_put
+            kernels.store_kv(self.k_buffer[layer_id], self.v_buffer[layer_id], loc, k, v)
+            return
         self.k_buffer[layer_id][loc] = k.to(self.dtype)
         self.v_buffer[layer_id][loc] = v.to(self.dtype)
 

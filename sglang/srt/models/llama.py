@@ -10,7 +10,7 @@ from sglang.srt.layers.activation import silu_and_mul
 from sglang.srt.layers.attention import Attention
 from sglang.srt.layers.linear import Embedding, Linear, MergedLinear
 from sglang.srt.layers.norm import RMSNorm
-from sglang.srt.layers.rotary import RotaryEmbedding, apply_rotary
+from sglang.srt.layers.rotary import Rope, RotaryEmbedding
 from sglang.srt.model_executor.forward_batch import ForwardBatch
 
 
@@ -23,13 +23,12 @@ class LlamaAttention(nn.Module):
         self.o_proj = Linear(h * d, config.hidden_size, bias=False)
         self.attn = Attention(h, hkv, d, layer_id)
 
-    def forward(self, x: torch.Tensor, rope: tuple, forward_batch: ForwardBatch) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope, forward_batch: ForwardBatch) -> torch.Tensor:
         # x: [T, hidden] -> [T, hidden]
         qkv = self.qkv_proj(x)  # [T, (H + 2 Hkv) D]
-        d = self.attn.head_dim
-        # q and k get rotated together: one set of rotary ops per layer instead of two
-        qk = apply_rotary(qkv[:, : self.q_size + self.kv_size].view(x.shape[0], -1, d), *rope)
-        q, k = qk.split([self.attn.num_heads, self.attn.num_kv_heads], dim=1)
+        d, heads, kv_heads = self.attn.head_dim, self.attn.num_heads, self.attn.num_kv_heads
+        # q and k get rotated together: one rotation per layer instead of two
+        q, k = rope.rotate(qkv, heads + kv_heads, d).split([heads, kv_heads], dim=1)
         v = qkv[:, self.q_size + self.kv_size :].view(x.shape[0], -1, d)
         return self.o_proj(self.attn(q, k, v, forward_batch))
 
@@ -54,7 +53,7 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config)
 
     def forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None, rope: tuple, fb: ForwardBatch
+        self, x: torch.Tensor, residual: torch.Tensor | None, rope: Rope, fb: ForwardBatch
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # The residual add of each block is fused into the norm that follows it.
         if residual is None:

@@ -5,6 +5,9 @@ $SGLANG_CACHE_DIR/kernels (default ~/.cache/sglang/kernels), keyed by the source
 version and the CPU's instruction sets, so it happens once per machine; `scripts/setup.sh`
 runs it. Without a compiler, or if the build fails, load() returns None after one log line and
 the callers use their pure-torch paths. SGLANG_DISABLE_CPU_KERNELS=1 skips them.
+
+Kernels: decode attention over the paged KV pool (paged_attention.cpp); RMSNorm with its
+residual add, SiLU-and-mul, rotary embedding and the KV-pool store (fused_ops.cpp).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from typing import Optional
 
 logger = logging.getLogger(__name__)
 
-_SOURCES = ("paged_attention.cpp",)
+_BUILD_FLAGS_VERSION = "2"  # bump when the compiler flags below change
+_SOURCES = ("bindings.cpp", "paged_attention.cpp", "fused_ops.cpp")
 
 
 def _cpu_flags() -> str:
@@ -42,6 +46,7 @@ def _build_key() -> str:
         with open(os.path.join(here, name), "rb") as f:
             h.update(f.read())
     h.update(torch.__version__.encode())
+    h.update(_BUILD_FLAGS_VERSION.encode())
     h.update(_cpu_flags().encode())
     return h.hexdigest()[:12]
 
@@ -100,7 +105,10 @@ def load() -> Optional[ModuleType]:
                 "-fassociative-math",
                 "-fno-signed-zeros",
                 "-fno-trapping-math",
+                # at::parallel_for is header code over OpenMP: without it, one thread
+                "-fopenmp",
             ],
+            extra_ldflags=["-fopenmp"],
             build_directory=path,
             verbose=False,
         )
@@ -108,3 +116,13 @@ def load() -> Optional[ModuleType]:
         logger.warning("CPU kernels unavailable, using torch ops: %s", str(e).splitlines()[0])
         return None
 
+
+
+def for_tensor(x) -> Optional[ModuleType]:
+    """The kernels for ops on x: x on CPU, the kernels built, and not inside torch.compile's
+    tracing (which fuses the torch ops itself); else None (use the torch ops)."""
+    import torch
+
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    return load()

@@ -1,0 +1,249 @@
+// Row-wise ops of a decoder layer fused into one pass each (CPU): RMSNorm with the residual add
+// before it, SiLU-and-mul, rotary embedding of q and k, and the KV-pool store.
+//
+// Each computes in float32 and rounds where the torch ops it replaces round (layers/norm.py,
+// activation.py, rotary.py), so results agree with them to the last bit or within one unit of
+// the storage dtype (the float sums may be ordered differently). One call instead of the 5-15
+// small torch ops each replaces: at one decode row the per-op overhead, not the arithmetic, is
+// the cost. Rows are split over at::parallel_for, the thread pool of PyTorch's own CPU ops.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+// ---- storage dtype <-> float (bfloat16 by bit operations, which gcc vectorizes) -------------
+
+template <typename T>
+inline float load(T x) {
+  return static_cast<float>(x);
+}
+template <>
+inline float load<at::BFloat16>(at::BFloat16 x) {
+  uint32_t u = static_cast<uint32_t>(x.x) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+template <typename T>
+inline T store(float f) {
+  return static_cast<T>(f);
+}
+template <>
+inline at::BFloat16 store<at::BFloat16>(float f) {  // round to nearest even, NaN kept quiet
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  at::BFloat16 r;
+  r.x = (f != f) ? static_cast<uint16_t>(0x7fc0)
+                 : static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  return r;
+}
+
+template <typename T>
+inline float round_trip(float f) {  // f rounded to T and back
+  return load<T>(store<T>(f));
+}
+
+// exp for the SiLU: Cody-Waite range reduction and a degree-6 polynomial (< 2 ulp in float32,
+// far below a bfloat16 ulp); plain arithmetic so that the loop vectorizes.
+inline float fast_exp(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float n = std::nearbyint(x * 1.44269504088896341f);
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+template <typename T>
+void rms_rows(const T* x, const T* residual, const T* w, T* out, T* sum_out, int64_t rows,
+              int64_t dim, float eps) {
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* xr = x + r * dim;
+      T* o = out + r * dim;
+      float ss = 0.f;
+      if (residual != nullptr) {  // s = x + residual, rounded to T, is the new residual
+        const T* rr = residual + r * dim;
+        T* s = sum_out + r * dim;
+        for (int64_t d = 0; d < dim; ++d) {
+          const float v = round_trip<T>(load<T>(xr[d]) + load<T>(rr[d]));
+          s[d] = store<T>(v);
+          ss += v * v;
+        }
+        xr = s;
+      } else {
+        for (int64_t d = 0; d < dim; ++d) {
+          const float v = load<T>(xr[d]);
+          ss += v * v;
+        }
+      }
+      const float inv = 1.f / std::sqrt(ss / static_cast<float>(dim) + eps);
+      for (int64_t d = 0; d < dim; ++d)
+        o[d] = store<T>(load<T>(w[d]) * round_trip<T>(load<T>(xr[d]) * inv));
+    }
+  });
+}
+
+template <typename T>
+void silu_mul_rows(const T* x, T* out, int64_t rows, int64_t inter) {
+  at::parallel_for(0, rows, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* gate = x + r * 2 * inter;
+      const T* up = gate + inter;
+      T* o = out + r * inter;
+      for (int64_t i = 0; i < inter; ++i) {
+        const float g = load<T>(gate[i]);
+        const float silu = round_trip<T>(g / (1.f + fast_exp(-g)));
+        o[i] = store<T>(silu * load<T>(up[i]));
+      }
+    }
+  });
+}
+
+template <typename T>
+void rotary_rows(const T* qkv, const T* cos, const T* sin, const int64_t* positions, T* out,
+                 int64_t tokens, int64_t heads, int64_t dim, int64_t row_stride) {
+  const int64_t half = dim / 2;
+  at::parallel_for(0, tokens, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const T* c = cos + positions[t] * dim;
+      const T* s = sin + positions[t] * dim;
+      for (int64_t h = 0; h < heads; ++h) {
+        const T* x = qkv + t * row_stride + h * dim;
+        T* o = out + (t * heads + h) * dim;
+        for (int64_t d = 0; d < dim; ++d) {  // x * cos + roll(x, D / 2) * sin
+          const float rolled = load<T>(x[d < half ? d + half : d - half]);
+          const float a = round_trip<T>(load<T>(x[d]) * load<T>(c[d]));
+          o[d] = store<T>(a + rolled * load<T>(s[d]));
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+#define DISPATCH(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(torch::kBFloat16, torch::kHalf, dtype, name, __VA_ARGS__)
+
+// x [T, D], w [D] -> norm(x) [T, D]
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 1 && x.size(1) == w.size(0), "rms_norm: shapes");
+  TORCH_CHECK(x.scalar_type() == w.scalar_type(), "rms_norm: x and weight: one dtype");
+  x = x.contiguous();
+  w = w.contiguous();
+  auto out = torch::empty_like(x);
+  DISPATCH(x.scalar_type(), "rms_norm", [&] {
+    rms_rows<scalar_t>(x.data_ptr<scalar_t>(), nullptr, w.data_ptr<scalar_t>(),
+                       out.data_ptr<scalar_t>(), nullptr, x.size(0), x.size(1),
+                       static_cast<float>(eps));
+  });
+  return out;
+}
+
+// x, residual [T, D], w [D] -> (norm(x + residual), x + residual)
+std::vector<torch::Tensor> add_rms_norm(torch::Tensor x, torch::Tensor residual, torch::Tensor w,
+                                        double eps) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 1 && x.size(1) == w.size(0), "add_rms_norm: shapes");
+  TORCH_CHECK(x.sizes() == residual.sizes(), "add_rms_norm: x and residual: one shape");
+  TORCH_CHECK(x.scalar_type() == w.scalar_type() && x.scalar_type() == residual.scalar_type(),
+              "add_rms_norm: x, residual and weight: one dtype");
+  x = x.contiguous();
+  residual = residual.contiguous();
+  w = w.contiguous();
+  auto out = torch::empty_like(x);
+  auto sum = torch::empty_like(x);
+  DISPATCH(x.scalar_type(), "add_rms_norm", [&] {
+    rms_rows<scalar_t>(x.data_ptr<scalar_t>(), residual.data_ptr<scalar_t>(),
+                       w.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), sum.data_ptr<scalar_t>(),
+                       x.size(0), x.size(1), static_cast<float>(eps));
+  });
+  return {out, sum};
+}
+
+// x [T, 2 I] = [gate | up] -> silu(gate) * up [T, I]
+torch::Tensor silu_and_mul(torch::Tensor x) {
+  TORCH_CHECK(x.dim() == 2 && x.size(1) % 2 == 0, "silu_and_mul: x [T, 2 I]");
+  x = x.contiguous();
+  const int64_t inter = x.size(1) / 2;
+  auto out = torch::empty({x.size(0), inter}, x.options());
+  DISPATCH(x.scalar_type(), "silu_and_mul", [&] {
+    silu_mul_rows<scalar_t>(x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), x.size(0), inter);
+  });
+  return out;
+}
+
+// qkv [T, W] (rows may be a strided view); the first `heads` heads of width D are rotated:
+// cos, sin [P, D] tables (sin holding [-sin | sin]), positions [T] -> [T, heads, D]
+torch::Tensor rotary(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin,
+                     torch::Tensor positions, int64_t heads, int64_t dim) {
+  TORCH_CHECK(qkv.dim() == 2 && qkv.stride(1) == 1 && qkv.size(1) >= heads * dim,
+              "rotary: qkv [T, W] with unit column stride");
+  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.size(1) == dim && dim % 2 == 0,
+              "rotary: tables [P, D]");
+  TORCH_CHECK(qkv.scalar_type() == cos.scalar_type() && cos.scalar_type() == sin.scalar_type(),
+              "rotary: qkv and tables: one dtype");
+  auto pos = positions.to(torch::kInt64).contiguous();
+  const int64_t tokens = qkv.size(0);
+  auto out = torch::empty({tokens, heads, dim}, qkv.options());
+  DISPATCH(qkv.scalar_type(), "rotary", [&] {
+    rotary_rows<scalar_t>(qkv.data_ptr<scalar_t>(), cos.data_ptr<scalar_t>(),
+                          sin.data_ptr<scalar_t>(), pos.data_ptr<int64_t>(),
+                          out.data_ptr<scalar_t>(), tokens, heads, dim, qkv.stride(0));
+  });
+  return out;
+}
+
+// k_buf, v_buf [S, Hkv, D]; loc [T]; k, v [T, Hkv, D] (any strides, the pool's dtype):
+// k_buf[loc[t]] = k[t], v_buf[loc[t]] = v[t]
+void store_kv(torch::Tensor k_buf, torch::Tensor v_buf, torch::Tensor loc, torch::Tensor k,
+              torch::Tensor v) {
+  TORCH_CHECK(k_buf.is_contiguous() && v_buf.is_contiguous(), "store_kv: pools contiguous");
+  TORCH_CHECK(k.scalar_type() == k_buf.scalar_type() && v.scalar_type() == v_buf.scalar_type(),
+              "store_kv: k, v in the pool's dtype");
+  TORCH_CHECK(k.dim() == 3 && v.dim() == 3 && k.size(1) * k.size(2) == k_buf.stride(0) &&
+                  v.size(1) * v.size(2) == v_buf.stride(0),
+              "store_kv: k, v [T, Hkv, D] as the pool's rows");
+  auto slots = loc.to(torch::kInt64).contiguous();
+  const int64_t* s = slots.data_ptr<int64_t>();
+  const int64_t tokens = slots.numel(), rows = k_buf.size(0);
+  const int64_t heads = k.size(1), dim = k.size(2), elem = k.element_size();
+  for (int64_t t = 0; t < tokens; ++t) TORCH_CHECK(s[t] >= 0 && s[t] < rows, "store_kv: slot out of range");
+  auto* kb = static_cast<char*>(k_buf.data_ptr());
+  auto* vb = static_cast<char*>(v_buf.data_ptr());
+  const auto* kp = static_cast<const char*>(k.data_ptr());
+  const auto* vp = static_cast<const char*>(v.data_ptr());
+  const bool k_rows = k.stride(2) == 1 && k.stride(1) == dim;
+  const bool v_rows = v.stride(2) == 1 && v.stride(1) == dim;
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int pass = 0; pass < 2; ++pass) {
+      const torch::Tensor& src = pass == 0 ? k : v;
+      const char* sp = pass == 0 ? kp : vp;
+      char* dst = (pass == 0 ? kb : vb) + s[t] * heads * dim * elem;
+      if (pass == 0 ? k_rows : v_rows) {
+        std::memcpy(dst, sp + t * src.stride(0) * elem, heads * dim * elem);
+      } else {
+        for (int64_t h = 0; h < heads; ++h)
+          for (int64_t d = 0; d < dim; ++d)
+            std::memcpy(dst + (h * dim + d) * elem,
+                        sp + (t * src.stride(0) + h * src.stride(1) + d * src.stride(2)) * elem,
+                        elem);
+      }
+    }
+  }
+}

@@ -1,0 +1,118 @@
+"""The C++ CPU kernels (layers/cpu_kernels) against the torch ops they replace, and a model run
+with them against one without them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_models import Driver, make_runner
+
+from sglang.srt.layers import attention as attn_mod
+from sglang.srt.layers import cpu_kernels
+from sglang.srt.layers.norm import rms_norm
+from sglang.srt.layers.rotary import RotaryEmbedding, apply_rotary
+
+kernels = cpu_kernels.load()
+pytestmark = pytest.mark.skipif(kernels is None, reason="CPU kernels not built (no compiler)")
+
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+
+
+def assert_close_to_rounding(ours: torch.Tensor, ref: torch.Tensor) -> None:
+    """Equal up to the storage dtype's rounding: a float sum taken in another order may land on
+    the neighbouring value; anything wrong (a missed rounding, a wrong index) is far off."""
+    assert ours.dtype == ref.dtype and ours.shape == ref.shape
+    eps = torch.finfo(ref.dtype).eps
+    tol = 2 * eps * ref.float().abs() + 1e-6
+    assert bool(((ours.float() - ref.float()).abs() <= tol).all())
+    if ref.dtype == torch.bfloat16:  # same rounding steps: nearly always the same bits
+        assert (ours != ref).float().mean().item() < 1e-3
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_rms_norm_and_residual_add(dtype, rows):
+    g = torch.Generator().manual_seed(rows)
+    x, r = (torch.randn(rows, 576, generator=g).to(dtype) for _ in range(2))
+    w = torch.randn(576, generator=g).to(dtype)
+    assert_close_to_rounding(kernels.rms_norm(x, w, 1e-5), rms_norm(x, w, 1e-5))
+    out, total = kernels.add_rms_norm(x, r, w, 1e-5)
+    assert torch.equal(total, x + r)
+    assert_close_to_rounding(out, rms_norm(x + r, w, 1e-5))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 33])
+def test_silu_and_mul(dtype, rows):
+    x = (torch.randn(rows, 2 * 1536, generator=torch.Generator().manual_seed(1)) * 4).to(dtype)
+    assert_close_to_rounding(kernels.silu_and_mul(x), F.silu(x[:, :1536]) * x[:, 1536:])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rotary_of_q_and_k_heads(dtype):
+    g = torch.Generator().manual_seed(2)
+    rope = RotaryEmbedding(64, 4096, 10000.0, None, dtype)
+    positions = torch.randint(0, 4096, (37,), generator=g)
+    qkv = torch.randn(37, 15 * 64, generator=g).to(dtype)  # 9 q, 3 k, 3 v heads
+    cos, sin = rope.cos[positions].unsqueeze(1), rope.sin[positions].unsqueeze(1)
+    ref = apply_rotary(qkv[:, : 12 * 64].view(37, 12, 64), cos, sin)
+    ours = kernels.rotary(qkv, rope.cos, rope.sin, positions, 12, 64)
+    if dtype == torch.float32:  # torch may fuse the multiply-add: no intermediate rounding
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    else:
+        assert_close_to_rounding(ours, ref)
+    # the layer's entry point: the looked-up pass rotates the same way
+    torch.testing.assert_close(rope.lookup(positions).rotate(qkv, 12, 64), ours, rtol=0, atol=0)
+
+
+def test_store_kv_writes_rows_at_their_slots():
+    g = torch.Generator().manual_seed(3)
+    k_buf, v_buf = torch.zeros(50, 3, 64), torch.zeros(50, 3, 64)
+    loc = torch.randperm(50, generator=g)[:9]
+    qkv = torch.randn(9, 15 * 64, generator=g)
+    k = qkv[:, 9 * 64 : 12 * 64].view(9, 3, 64)  # strided views, as the layer passes them
+    v = qkv[:, 12 * 64 :].view(9, 3, 64)
+    kernels.store_kv(k_buf, v_buf, loc, k, v)
+    assert torch.equal(k_buf[loc], k) and torch.equal(v_buf[loc], v)
+    untouched = torch.ones(50, dtype=torch.bool)
+    untouched[loc] = False
+    assert bool((k_buf[untouched] == 0).all()) and bool((v_buf[untouched] == 0).all())
+    with pytest.raises(RuntimeError, match="slot out of range"):
+        kernels.store_kv(k_buf, v_buf, torch.tensor([50]), k[:1], v[:1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_paged_decode_attention_matches_the_torch_form(dtype):
+    g = torch.Generator().manual_seed(4)
+    k_buf = torch.randn(400, 3, 64, generator=g).to(dtype)
+    v_buf = torch.randn(400, 3, 64, generator=g).to(dtype)
+    req_to_token = torch.randperm(400, generator=g)[:360].view(3, 120).contiguous()
+    rows, lens = torch.tensor([2, 0]), torch.tensor([117, 5])
+    q = torch.randn(2, 9, 64, generator=g).to(dtype)
+    ours = kernels.paged_decode_attention(q, k_buf, v_buf, req_to_token, rows, lens, 0.125)
+    slots, bias = attn_mod.decode_slots_and_bias(req_to_token, rows, lens, 117)
+    ref = attn_mod.paged_decode_attention(q, k_buf, v_buf, slots, bias, 0.125)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(ours, ref, rtol=tol, atol=tol)
+
+
+def test_model_with_and_without_the_kernels(tiny_llama_path, monkeypatch):
+    """Prefill and decode logits of the bf16 tiny model with the kernels on and off."""
+    prompt = [1, 15, 27, 99, 3, 25, 7, 64, 5, 81, 12]
+
+    def run() -> list[torch.Tensor]:
+        d = Driver(make_runner(tiny_llama_path, dtype="bfloat16"))
+        out = [d.extend({"a": prompt, "b": prompt[:5]}).next_token_logits]
+        for t in (4, 9, 100):
+            out.append(d.decode({"a": t, "b": t + 1}).next_token_logits)
+        return out
+
+    with_kernels = run()
+    monkeypatch.setattr(cpu_kernels, "load", lambda: None)
+    without = run()
+    for a, b in zip(with_kernels, without):
+        assert torch.equal(a.argmax(-1), b.argmax(-1))
+        # bf16 noise: the torch decode attention rounds its probabilities to bf16, the kernel
+        # keeps them in float32 (logits here reach ~10, where a bf16 step is 0.06)
+        assert (a - b).abs().max() < 0.15, (a - b).abs().max()
