@@ -47,6 +47,15 @@ class ServerArgs:
     grammar_backend: str = "llguidance"  # llguidance | xgrammar | none
     disable_jump_forward: bool = False
 
+    # OpenAI API: how the model writes tool calls and reasoning (None: not parsed)
+    tool_call_parser: Optional[str] = None  # hermes | qwen25 | llama3 | mistral | pythonic
+    reasoning_parser: Optional[str] = None  # deepseek-r1 | qwen3
+
+    # Observability and output
+    enable_metrics: bool = False  # Prometheus metrics at GET /metrics
+    # Streamed /generate chunks carry only what is new (text, ids, logprobs), not totals
+    incremental_streaming_output: bool = False
+
     # Misc
     log_level: str = "info"
     random_seed: int = 0
@@ -89,12 +98,25 @@ class ServerArgs:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name}={value!r}: must be positive")
+        self._check_parsers()
         if self.enable_torch_compile and self.disable_torch_compile:
             raise ValueError("enable_torch_compile and disable_torch_compile: pick one")
         if self.chunked_prefill_size <= 0:
             raise ValueError(f"chunked_prefill_size={self.chunked_prefill_size!r}: must be positive")
         if not 0 < self.port < 65536:
             raise ValueError(f"port={self.port!r}: must be in 1..65535")
+
+    def _check_parsers(self) -> None:
+        from sglang.srt.function_call.parsers import PARSERS
+        from sglang.srt.reasoning_parser import REASONING_FORMATS
+
+        for name, allowed in (
+            ("tool_call_parser", PARSERS),
+            ("reasoning_parser", REASONING_FORMATS),
+        ):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ValueError(f"{name}={value!r}: expected one of {tuple(sorted(allowed))}")
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:

@@ -14,7 +14,7 @@ from sglang.srt.sampling.sampling_params import SamplingParams
 # stop_strs and stop_regexes are derived by normalize(), not request fields.
 RUNTIME_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)} - {"stop_strs", "stop_regexes"}
 # Runtime fields the OpenAI routes do not expose (OpenAI has no such parameter).
-NOT_IN_OPENAI = {"spaces_between_special_tokens"}
+NOT_IN_OPENAI = {"spaces_between_special_tokens", "stream_interval", "structural_tag"}
 # Frontend fields that are not sampling parameters of the runtime (they go elsewhere).
 FRONTEND_ONLY = {
     "return_logprob",
@@ -70,6 +70,8 @@ def test_openai_maps_every_runtime_field() -> None:
         regex="a",
         ebnf="b",
         json_schema="{}",
+        logit_bias={"1": 2.0},
+        custom_params={"k": 1},
     )
     sent = set(_sampling_dict(req, 8))
     assert sent <= RUNTIME_FIELDS

@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from sglang.srt.entrypoints.engine import launch_subprocesses
+from sglang.srt.entrypoints.field_compat import GENERATE_DEFAULT_ONLY, pop_default_only
 from sglang.srt.entrypoints.http_common import (
     SERVING_ERRORS,
     SSE_DONE,
@@ -44,15 +45,6 @@ from sglang.srt.server_args import ServerArgs
 logger = logging.getLogger(__name__)
 
 READY_MESSAGE = "The server is fired up and ready to roll!"
-# SGLang fields some clients send with empty values: ignored when empty, a 400 otherwise.
-_IGNORED_FIELDS = {
-    "modalities",
-    "log_metrics",
-    "lora_path",
-    "custom_logit_processor",
-    "return_hidden_states",
-    "session_params",
-}
 _GENERATE_FIELDS = {f.name for f in dataclasses.fields(GenerateReqInput)}
 _HEALTH_TIMEOUT_S = 60.0
 
@@ -131,6 +123,14 @@ def _add_native_routes(app: FastAPI, tm: TokenizerManager) -> None:
     async def health() -> Response:
         return Response(status_code=200 if tm.is_ready else 503)
 
+    @app.get("/ready")
+    async def ready() -> Response:
+        return json_response({"ready": tm.is_ready}, 200 if tm.is_ready else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return await _metrics(tm)
+
     @app.get("/health_generate")
     async def health_generate(request: Request) -> Response:
         return await _health_generate(tm, request)
@@ -169,7 +169,10 @@ async def _generate(tm: TokenizerManager, request: Request) -> Response:
     except SERVING_ERRORS as e:
         return exception_response(e)
     if obj.stream:
-        return StreamingResponse(_sse_stream(first, gen), media_type="text/event-stream")
+        incremental = tm.server_args.incremental_streaming_output
+        return StreamingResponse(
+            _sse_stream(first, gen, incremental), media_type="text/event-stream"
+        )
     await gen.aclose()
     return json_response(outputs_json(first))
 
@@ -177,21 +180,33 @@ async def _generate(tm: TokenizerManager, request: Request) -> Response:
 def _generate_input(body: Any) -> GenerateReqInput:
     if not isinstance(body, dict):
         raise RequestError(f"the request body must be a JSON object, got {type(body).__name__}")
-    unknown = sorted(set(body) - _GENERATE_FIELDS - _IGNORED_FIELDS)
+    body = pop_default_only(body, GENERATE_DEFAULT_ONLY)
+    unknown = sorted(set(body) - _GENERATE_FIELDS)
     if unknown:
         raise RequestError(f"unknown field(s) in the request: {', '.join(unknown)}", unknown[0])
-    ignored = [k for k in _IGNORED_FIELDS & set(body) if body[k] not in (None, False, [], "")]
-    if ignored:
-        raise RequestError(f"unsupported field(s): {', '.join(sorted(ignored))}", ignored[0])
-    fields = {k: v for k, v in body.items() if k in _GENERATE_FIELDS}
-    return GenerateReqInput(**fields)
+    for name in ("log_metrics", "no_logs"):
+        if not isinstance(body.get(name, False), bool):
+            raise RequestError(f"{name} must be a boolean, got {body[name]!r}", name)
+    if body.get("model") is not None and not isinstance(body["model"], str):
+        raise RequestError(f"model must be a string, got {body['model']!r}", "model")
+    return GenerateReqInput(**body)
 
 
-async def _sse_stream(first: Any, gen: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+async def _sse_stream(first: Any, gen: AsyncIterator[Any], incremental: bool) -> AsyncIterator[bytes]:
+    """Cumulative chunks, or with --incremental-streaming-output only what each one adds."""
+    sent: dict[Optional[int], dict[str, int]] = {}
+
+    def chunk(out: Any) -> bytes:
+        if incremental:
+            outs = out if isinstance(out, list) else [out]
+            sliced = [o.since(sent.setdefault(o.index, {})) for o in outs]
+            out = sliced if isinstance(out, list) else sliced[0]
+        return sse(outputs_json(out))
+
     try:
-        yield sse(outputs_json(first))
+        yield chunk(first)
         async for out in gen:
-            yield sse(outputs_json(out))
+            yield chunk(out)
     except (ValueError, RuntimeError) as e:
         yield sse_error(e)
     finally:
@@ -217,6 +232,7 @@ async def _health_generate(tm: TokenizerManager, request: Request) -> Response:
         input_ids=[0],
         sampling_params={"max_new_tokens": 1, "temperature": 0.0},
         rid=f"HEALTH_CHECK_{uuid.uuid4().hex}",
+        log_metrics=False,
     )
     try:
         out = await asyncio.wait_for(_last_output(tm, obj, request), _HEALTH_TIMEOUT_S)
@@ -232,6 +248,18 @@ async def _last_output(tm: TokenizerManager, obj: GenerateReqInput, request: Req
     async for out in tm.generate_request(obj, request):
         last = out
     return last
+
+
+async def _metrics(tm: TokenizerManager) -> Response:
+    if tm.metrics is None:
+        return error_response("metrics are off; start the server with --enable-metrics", 404)
+    try:
+        info = await tm.get_server_info()
+    except RuntimeError as e:
+        return exception_response(e)
+    tm.metrics.set_scheduler_info(info)
+    body, content_type = tm.metrics.exposition()
+    return Response(body, media_type=content_type)
 
 
 async def _flush_cache(tm: TokenizerManager) -> Response:

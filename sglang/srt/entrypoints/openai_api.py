@@ -11,10 +11,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from sglang.srt.entrypoints.field_compat import (
+    CHAT_DEFAULT_ONLY,
+    COMPLETION_DEFAULT_ONLY,
+    pop_default_only,
+)
 from sglang.srt.entrypoints.http_common import (
     SERVING_ERRORS,
     SSE_DONE,
     RequestError,
+    error_response,
     exception_response,
     first_output,
     json_response,
@@ -23,7 +29,10 @@ from sglang.srt.entrypoints.http_common import (
     sse,
     sse_error,
 )
+from sglang.srt.function_call.parsers import ToolCall
+from sglang.srt.function_call.tool_choice import ToolPlan
 from sglang.srt.managers.io_struct import GenerateOutput, GenerateReqInput, LogprobEntry
+from sglang.srt.reasoning_parser import ReasoningStream, split_reasoning
 
 if TYPE_CHECKING:
     from sglang.srt.managers.tokenizer_manager import TokenizerManager
@@ -56,8 +65,9 @@ class _SamplingFields(_Strict):
     presence_penalty: Optional[float] = Field(None, ge=-2, le=2)
     frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
     seed: Optional[int] = None
-    user: Optional[str] = None
+    user: Optional[str] = None  # identifies the end user to the operator; not used here
     logit_bias: Optional[dict[str, float]] = None
+    custom_params: Optional[dict[str, Any]] = None
     top_k: Optional[int] = None
     min_p: Optional[float] = None
     repetition_penalty: Optional[float] = None
@@ -72,6 +82,11 @@ class _SamplingFields(_Strict):
     json_schema: Optional[Union[str, dict[str, Any]]] = None
 
 
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[dict[str, Any]] = None
+
+
 class CompletionRequest(_SamplingFields):
     prompt: Union[str, list[str], list[int], list[list[int]]]
     max_tokens: Optional[int] = Field(16, ge=0)
@@ -79,11 +94,7 @@ class CompletionRequest(_SamplingFields):
     echo: bool = False
     best_of: Optional[int] = None
     suffix: Optional[str] = None
-
-
-class ResponseFormat(_Strict):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: Optional[dict[str, Any]] = None
+    response_format: Optional[ResponseFormat] = None
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -99,22 +110,27 @@ class ChatCompletionRequest(_SamplingFields):
     store: Optional[bool] = None
     metadata: Optional[dict[str, Any]] = None
     service_tier: Optional[str] = None
+    # SGLang's: split reasoning (--reasoning-parser) into reasoning_content; stream it as it comes
+    separate_reasoning: bool = True
+    stream_reasoning: bool = True
+    chat_template_kwargs: Optional[dict[str, Any]] = None
+
+
+# SGLang/OpenAI fields these routes accept only at their default (see field_compat).
+_DEFAULT_ONLY = {CompletionRequest: COMPLETION_DEFAULT_ONLY, ChatCompletionRequest: CHAT_DEFAULT_ONLY}
 
 
 # -------------------------------------------------------------------- request -> native
 
 
 def _reject_unsupported(req: _SamplingFields) -> None:
-    if req.logit_bias:
-        raise RequestError("logit_bias is not supported", "logit_bias")
-    for name in ("suffix", "tools"):
-        if getattr(req, name, None):
-            raise RequestError(f"{name} is not supported", name)
-    if getattr(req, "tool_choice", None) not in (None, "none"):
-        raise RequestError("tool_choice is not supported (no tools)", "tool_choice")
+    if getattr(req, "suffix", None):
+        raise RequestError("suffix is not supported (the served model does no infilling)", "suffix")
     best_of = getattr(req, "best_of", None)
     if best_of is not None and best_of != req.n:
         raise RequestError(f"best_of={best_of} is not supported (only best_of == n)", "best_of")
+    if getattr(req, "store", None):
+        raise RequestError("store is not supported (completions are not stored)", "store")
 
 
 def _sampling_dict(req: _SamplingFields, max_new_tokens: int) -> dict[str, Any]:
@@ -139,8 +155,18 @@ def _sampling_dict(req: _SamplingFields, max_new_tokens: int) -> dict[str, Any]:
         "regex": req.regex,
         "ebnf": req.ebnf,
         "json_schema": req.json_schema,
+        "logit_bias": req.logit_bias,
+        "custom_params": req.custom_params,
     }
-    return {k: v for k, v in fields.items() if v is not None}
+    params = {k: v for k, v in fields.items() if v is not None}
+    schema = _response_format_schema(getattr(req, "response_format", None))
+    if schema is not None:
+        if req.regex or req.ebnf or req.json_schema:
+            raise RequestError(
+                "response_format cannot be combined with regex/ebnf/json_schema", "response_format"
+            )
+        params["json_schema"] = schema
+    return params
 
 
 def _completion_prompts(prompt: Any) -> tuple[Optional[list[str]], Optional[list[list[int]]]]:
@@ -176,13 +202,7 @@ def _chat_sampling(tm: TokenizerManager, req: ChatCompletionRequest) -> dict[str
         req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     )
     # Unset: up to the context length (the tokenizer manager clips it to what remains).
-    params = _sampling_dict(req, max_tokens if max_tokens is not None else tm.context_len)
-    schema = _response_format_schema(req.response_format)
-    if schema is not None:
-        if req.regex or req.ebnf or req.json_schema:
-            raise RequestError("response_format cannot be combined with regex/ebnf/json_schema")
-        params["json_schema"] = schema
-    return params
+    return _sampling_dict(req, max_tokens if max_tokens is not None else tm.context_len)
 
 
 # -------------------------------------------------------------------- output -> OpenAI
@@ -409,7 +429,7 @@ class _CompletionCall(_OpenAICall):
 
 
 class _ChatCall(_OpenAICall):
-    """One /v1/chat/completions request."""
+    """One /v1/chat/completions request: tools and reasoning shape its prompt and outputs."""
 
     OBJECT = "chat.completion"
     CHUNK_OBJECT = "chat.completion.chunk"
@@ -419,10 +439,29 @@ class _ChatCall(_OpenAICall):
         super().__init__(tm, req)
         if req.top_logprobs is not None and not req.logprobs:
             raise RequestError("top_logprobs requires logprobs: true", "top_logprobs")
-        prompt = tm.apply_chat_template(req.messages)
+        try:
+            self.tools = ToolPlan.from_request(
+                req.tools, req.tool_choice, req.parallel_tool_calls, tm.tool_parser
+            )
+        except ValueError as e:
+            raise RequestError(str(e), "tools" if "tools[" in str(e) else "tool_choice") from None
+        self.reasoning = tm.reasoning_format if req.separate_reasoning else None
+        prompt = tm.apply_chat_template(
+            req.messages, self.tools.template_tools, req.chat_template_kwargs
+        )
+        params = _chat_sampling(tm, req)
+        forced = self.tools.grammar()
+        if forced is not None:
+            if any(k in params for k in ("regex", "ebnf", "json_schema")):
+                raise RequestError(
+                    f"tool_choice {self.tools.mode!r} forces a call with its own grammar; it "
+                    "cannot be combined with regex/ebnf/json_schema/response_format",
+                    "tool_choice",
+                )
+            params["json_schema"] = forced
         self.native = GenerateReqInput(
             text=[prompt],
-            sampling_params=_chat_sampling(tm, req),
+            sampling_params=params,
             return_logprob=req.logprobs,
             top_logprobs_num=req.top_logprobs or 0,
             return_text_in_logprobs=True,
@@ -436,30 +475,45 @@ class _ChatCall(_OpenAICall):
         tops = out.output_top_logprobs[start:]
         return {"content": _chat_logprobs(self.tm, entries, tops)}
 
+    def message(self, text: str) -> tuple[dict[str, Any], bool]:
+        """The assistant message of a whole output, and whether it calls tools."""
+        reasoning = None
+        if self.reasoning is not None:
+            reasoning, text = split_reasoning(self.reasoning, text)
+        content, calls = self.tools.parse(text)
+        message: dict[str, Any] = {"role": "assistant", "content": content or None}
+        if not calls:
+            message["content"] = content
+        if self.reasoning is not None:
+            message["reasoning_content"] = reasoning or None
+        if calls:
+            message["tool_calls"] = [c.to_openai() for c in calls]
+        return message, bool(calls)
+
     def choice(self, index: int, out: GenerateOutput) -> dict[str, Any]:
         finish, matched = _finish_reason(out)
+        message, has_calls = self.message(out.text)
         return {
             "index": index,
-            "message": {"role": "assistant", "content": out.text},
+            "message": message,
             "logprobs": self.logprobs(out),
-            "finish_reason": finish,
+            "finish_reason": "tool_calls" if has_calls and finish == "stop" else finish,
             "matched_stop": matched,
         }
 
     async def stream(self, first: Any, gen: AsyncIterator[Any]) -> AsyncIterator[bytes]:
-        sent_text: dict[int, int] = {}
-        sent_lp: dict[int, int] = {}
+        streams: dict[int, _ChoiceStream] = {}
         finals: dict[int, GenerateOutput] = {}
         try:
             async for out in _chain(first, gen):
                 k = out.index or 0
-                if k not in sent_text:
-                    sent_text[k] = 0
+                if k not in streams:
+                    streams[k] = _ChoiceStream(self, k)
                     role = {"role": "assistant", "content": ""}
                     yield self.chunk(
                         [{"index": k, "delta": role, "logprobs": None, "finish_reason": None}]
                     )
-                for piece in self._stream_choices(k, out, sent_text, sent_lp):
+                for piece in streams[k].pieces(out):
                     yield self.chunk([piece])
                 if out.finish_reason is not None:
                     finals[k] = out
@@ -470,36 +524,88 @@ class _ChatCall(_OpenAICall):
             yield sse_error(e)
         yield SSE_DONE
 
-    def _stream_choices(
-        self, k: int, out: GenerateOutput, sent_text: dict, sent_lp: dict
-    ) -> list[dict]:
-        delta = out.text[sent_text[k] :]
-        sent_text[k] = len(out.text)
-        start = sent_lp.get(k, 0)
-        sent_lp[k] = len(out.output_token_logprobs)
-        logprobs = self.logprobs(out, start)
-        pieces = []
-        if delta or (logprobs and logprobs["content"]):
-            pieces.append(
-                {
-                    "index": k,
-                    "delta": {"content": delta},
-                    "logprobs": logprobs,
-                    "finish_reason": None,
-                }
-            )
+
+class _ChoiceStream:
+    """The deltas of one streamed choice: reasoning, content, and tool calls as OpenAI sends
+    them (each call in one delta, with its index, id, name and complete arguments)."""
+
+    def __init__(self, call: _ChatCall, index: int) -> None:
+        self.call, self.index = call, index
+        self.sent_text = 0
+        self.sent_lp = 0
+        fmt = call.reasoning
+        self.reasoning = ReasoningStream(fmt) if fmt is not None else None
+        self.held_reasoning = ""  # stream_reasoning false: sent in one piece when it ends
+        self.tool_stream = call.tools.stream()
+        self.forced = call.tools.mode in ("required", "named")
+        self.forced_text = ""
+
+    def pieces(self, out: GenerateOutput) -> list[dict[str, Any]]:
+        delta_text = out.text[self.sent_text :]
+        self.sent_text = len(out.text)
+        reasoning, content = self._split(delta_text)
+        calls: list[ToolCall] = []
         finish, matched = _finish_reason(out)
         if finish is not None:
-            pieces.append(
-                {
-                    "index": k,
-                    "delta": {},
-                    "logprobs": None,
-                    "finish_reason": finish,
-                    "matched_stop": matched,
-                }
-            )
+            more_reasoning, more_content, calls = self._finish()
+            reasoning, content = reasoning + more_reasoning, content + more_content
+        logprobs = self.call.logprobs(out, self.sent_lp)
+        self.sent_lp = len(out.output_token_logprobs)
+        pieces = []
+        delta: dict[str, Any] = {}
+        if reasoning:
+            delta["reasoning_content"] = reasoning
+        if content or (logprobs and logprobs["content"]):
+            delta["content"] = content
+        if delta or (logprobs and logprobs["content"]):
+            pieces.append(self._piece(delta, logprobs))
+        if calls:
+            tool_calls = [c.to_openai(i) for i, c in enumerate(calls)]
+            pieces.append(self._piece({"tool_calls": tool_calls}, None))
+        if finish is not None:
+            finish = "tool_calls" if calls and finish == "stop" else finish
+            last = self._piece({}, None, finish)
+            last["matched_stop"] = matched
+            pieces.append(last)
         return pieces
+
+    def _piece(self, delta: dict, logprobs: Any, finish: Optional[str] = None) -> dict[str, Any]:
+        return {"index": self.index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+    def _split(self, text: str) -> tuple[str, str]:
+        """(reasoning, content) safe to send now."""
+        reasoning, content = "", text
+        if self.reasoning is not None:
+            reasoning, content = self.reasoning.feed(text)
+            if not self.call.req.stream_reasoning:
+                self.held_reasoning += reasoning
+                reasoning = ""
+                if self.reasoning.state == "content" and self.held_reasoning:
+                    reasoning, self.held_reasoning = self.held_reasoning, ""
+        return reasoning, self._content(content)
+
+    def _content(self, content: str) -> str:
+        if self.forced:
+            self.forced_text += content
+            return ""
+        if self.tool_stream is not None:
+            return self.tool_stream.feed(content)
+        return content
+
+    def _finish(self) -> tuple[str, str, list[ToolCall]]:
+        reasoning, content = "", ""
+        if self.reasoning is not None:
+            reasoning, content = self.reasoning.finish()
+            reasoning, self.held_reasoning = self.held_reasoning + reasoning, ""
+        content = self._content(content)
+        if self.forced:
+            rest, calls = self.call.tools.parse(self.forced_text)
+            return reasoning, content + rest, calls
+        if self.tool_stream is not None:
+            rest, calls = self.tool_stream.finish()
+            calls = calls if self.call.tools.parallel else calls[:1]
+            return reasoning, content + rest, calls
+        return reasoning, content, []
 
 
 async def _chain(first: Any, gen: AsyncIterator[Any]) -> AsyncIterator[GenerateOutput]:
@@ -522,16 +628,37 @@ def add_openai_routes(app: FastAPI, get_tokenizer_manager: GetTokenizerManager) 
 
     @app.get("/v1/models")
     async def list_models() -> Response:
+        return json_response({"object": "list", "data": [_model_card(get_tokenizer_manager())]})
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str) -> Response:
         tm = get_tokenizer_manager()
-        card = {
-            "id": tm.served_model_name,
-            "object": "model",
-            "created": int(time.time()),
-            "owned_by": "sglang",
-            "root": tm.served_model_name,
-            "max_model_len": tm.context_len,
-        }
-        return json_response({"object": "list", "data": [card]})
+        if model_id != tm.served_model_name:
+            return error_response(
+                f"the model {model_id!r} does not exist (this server serves "
+                f"{tm.served_model_name!r})",
+                404,
+                "model",
+            )
+        return json_response(_model_card(tm))
+
+    @app.post("/v1/tokenize")
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> Response:
+        try:
+            req = parse_body(TokenizeRequest, await read_json(request))
+            return json_response(_tokenize(get_tokenizer_manager(), req))
+        except ValueError as e:
+            return exception_response(e)
+
+    @app.post("/v1/detokenize")
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> Response:
+        try:
+            req = parse_body(DetokenizeRequest, await read_json(request))
+            return json_response(_detokenize(get_tokenizer_manager(), req))
+        except ValueError as e:
+            return exception_response(e)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -542,9 +669,52 @@ def add_openai_routes(app: FastAPI, get_tokenizer_manager: GetTokenizerManager) 
         return await _serve(get_tokenizer_manager(), request, ChatCompletionRequest, _ChatCall)
 
 
+def _model_card(tm: TokenizerManager) -> dict[str, Any]:
+    return {
+        "id": tm.served_model_name,
+        "object": "model",
+        "created": int(time.time()),
+        "owned_by": "sglang",
+        "root": tm.served_model_name,
+        "max_model_len": tm.context_len,
+    }
+
+
+class TokenizeRequest(_Strict):
+    model: Optional[str] = None
+    prompt: Union[str, list[str]]
+    add_special_tokens: bool = True
+
+
+class DetokenizeRequest(_Strict):
+    model: Optional[str] = None
+    tokens: Union[list[int], list[list[int]]]
+
+
+def _tokenize(tm: TokenizerManager, req: TokenizeRequest) -> dict[str, Any]:
+    """{"tokens", "count", "max_model_len"}; lists of them for a list of prompts."""
+    prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+    ids = [list(tm.tokenizer.encode(p, add_special_tokens=req.add_special_tokens)) for p in prompts]
+    if isinstance(req.prompt, str):
+        return {"tokens": ids[0], "count": len(ids[0]), "max_model_len": tm.context_len}
+    return {"tokens": ids, "count": [len(i) for i in ids], "max_model_len": tm.context_len}
+
+
+def _detokenize(tm: TokenizerManager, req: DetokenizeRequest) -> dict[str, Any]:
+    single = not req.tokens or isinstance(req.tokens[0], int)
+    rows: list[list[int]] = [req.tokens] if single else req.tokens  # type: ignore[list-item]
+    for row in rows:
+        tm.builder.check_vocab(row, "tokens")
+    texts = [tm.tokenizer.decode(row) for row in rows]
+    return {"text": texts[0] if single else texts}
+
+
 async def _serve(tm: TokenizerManager, request: Request, model: type, call_type: type) -> Response:
     try:
-        req = parse_body(model, await read_json(request))
+        body = await read_json(request)
+        if isinstance(body, dict):
+            body = pop_default_only(body, _DEFAULT_ONLY[model])
+        req = parse_body(model, body)
         call = call_type(tm, req)
         gen = tm.generate_request(call.native, request)
         first = await first_output(gen)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 _CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
@@ -12,7 +13,6 @@ _CHATML_TEMPLATE = (
 )
 NAMED_TEMPLATES = {"chatml": _CHATML_TEMPLATE}
 _CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
-
 
 
 def load_chat_template(value: Optional[str]) -> Optional[str]:
@@ -32,21 +32,60 @@ def load_chat_template(value: Optional[str]) -> Optional[str]:
     )
 
 
-def normalize_messages(messages: Any) -> list[dict[str, str]]:
-    """OpenAI-style messages -> [{"role", "content": str}]; ValueError names a bad message."""
+def normalize_messages(messages: Any) -> list[dict[str, Any]]:
+    """OpenAI-style messages -> [{"role", "content": str, ...}]; ValueError names a bad message.
+
+    An assistant message keeps its `tool_calls` (arguments as objects, as chat templates expect
+    them); a tool message keeps `tool_call_id` and `name`.
+    """
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages must be a non-empty list")
     return [_normalize_message(i, m) for i, m in enumerate(messages)]
 
 
-def _normalize_message(i: int, message: Any) -> dict[str, str]:
+def _normalize_message(i: int, message: Any) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ValueError(f"messages[{i}] must be an object, got {message!r}")
     role = message.get("role")
     if role not in _CHAT_ROLES:
         raise ValueError(f"messages[{i}].role={role!r}: expected one of {_CHAT_ROLES}")
     role = "system" if role == "developer" else role
-    return {"role": role, "content": _content_text(i, message.get("content"))}
+    out: dict[str, Any] = {"role": role, "content": _content_text(i, message.get("content"))}
+    if role == "assistant" and message.get("tool_calls"):
+        out["tool_calls"] = _tool_calls(i, message["tool_calls"])
+    if role == "tool":
+        for key in ("tool_call_id", "name"):
+            if isinstance(message.get(key), str):
+                out[key] = message[key]
+    return out
+
+
+def _tool_calls(i: int, calls: Any) -> list[dict[str, Any]]:
+    if not isinstance(calls, list):
+        raise ValueError(f"messages[{i}].tool_calls must be a list")
+    out = []
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise ValueError(f"messages[{i}].tool_calls[{j}] needs function.name")
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except json.JSONDecodeError:
+                raise ValueError(
+                    f"messages[{i}].tool_calls[{j}].function.arguments is not valid JSON"
+                ) from None
+        if not isinstance(args, dict):
+            raise ValueError(f"messages[{i}].tool_calls[{j}].function.arguments must be an object")
+        out.append(
+            {
+                "id": call.get("id") or f"call_{j}",
+                "type": "function",
+                "function": {"name": fn["name"], "arguments": args},
+            }
+        )
+    return out
 
 
 def _content_text(i: int, content: Any) -> str:
@@ -68,3 +107,47 @@ def _content_text(i: int, content: Any) -> str:
     return "".join(texts)
 
 
+def check_tools(tools: Any) -> list[dict[str, Any]]:
+    """OpenAI `tools` ([{"type": "function", "function": {"name", "parameters", ...}}]), checked."""
+    if not isinstance(tools, list):
+        raise ValueError("tools must be a list")
+    seen: set[str] = set()
+    for k, tool in enumerate(tools):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            raise ValueError(f"tools[{k}]: only tools of type 'function' are supported")
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise ValueError(f"tools[{k}].function.name must be a non-empty string")
+        params = fn.get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise ValueError(f"tools[{k}].function.parameters must be a JSON schema object")
+        if fn["name"] in seen:
+            raise ValueError(f"tools[{k}]: the function name {fn['name']!r} is given twice")
+        seen.add(fn["name"])
+    return tools
+
+
+def with_tools_in_text(
+    messages: list[dict[str, Any]],
+    tools: Optional[list[dict[str, Any]]],
+    instructions: str,
+    format_calls: Callable[[list[dict[str, Any]]], str],
+    template: str,
+) -> list[dict[str, Any]]:
+    """For a chat template that renders neither `tools` nor `tool_calls`: the tools described
+    in the system message and each assistant turn's calls written out as the model would."""
+    out = [dict(m) for m in messages]
+    if "tool_calls" not in template:
+        for m in out:
+            calls = m.pop("tool_calls", None)
+            if calls:
+                written = format_calls([c["function"] for c in calls])
+                m["content"] = (m["content"] + "\n" + written).strip()
+    if tools and "tools" not in template:
+        listing = "\n".join(json.dumps(t.get("function", t)) for t in tools)
+        text = f"You can call these functions:\n{listing}\n\n{instructions}"
+        if out[0]["role"] == "system":
+            out[0]["content"] = (out[0]["content"] + "\n\n" + text).strip()
+        else:
+            out.insert(0, {"role": "system", "content": text})
+    return out

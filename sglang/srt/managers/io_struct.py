@@ -9,6 +9,7 @@ GenerateOutput) until the HTTP edge turns it into JSON with `to_json()`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional, Union
 
@@ -29,6 +30,12 @@ class GenerateReqInput:
     stream: bool = False
     image_data: Optional[Any] = None
     rid: Optional[Union[str, list[str]]] = None
+    # False: leave this request out of /metrics (health checks send False)
+    log_metrics: bool = True
+    # The request's contents are never logged here, so True changes nothing.
+    no_logs: bool = False
+    # Sent by routers; one model is served, so any name is taken to mean it.
+    model: Optional[str] = None
 
 
 @dataclass
@@ -132,6 +139,24 @@ class GenerateOutput:
     output_token_logprobs: list[LogprobEntry] = field(default_factory=list)
     output_top_logprobs: list[Optional[list[LogprobEntry]]] = field(default_factory=list)
     index: Optional[int] = None  # position in a streamed batch
+    # Output logprob entries so far; set by since() where output_token_logprobs is a slice.
+    output_token_logprobs_total: Optional[int] = None
+
+    def since(self, sent: dict[str, int]) -> GenerateOutput:
+        """What is new since the counts in `sent` (updated): the incremental stream chunk."""
+        text_from, ids_from, lp_from = sent.get("text", 0), sent.get("ids", 0), sent.get("lp", 0)
+        first = not sent
+        sent.update(text=len(self.text), ids=len(self.output_ids), lp=len(self.output_token_logprobs))
+        return dataclasses.replace(
+            self,
+            text=self.text[text_from:],
+            output_ids=self.output_ids[ids_from:],
+            input_token_logprobs=self.input_token_logprobs if first else [],
+            input_top_logprobs=self.input_top_logprobs if first else [],
+            output_token_logprobs=self.output_token_logprobs[lp_from:],
+            output_top_logprobs=self.output_top_logprobs[lp_from:],
+            output_token_logprobs_total=len(self.output_token_logprobs),
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The native /generate shape: {"text", "output_ids", "meta_info": {...}}."""
@@ -147,6 +172,10 @@ class GenerateOutput:
             meta["output_token_logprobs"] = [list(e) for e in self.output_token_logprobs]
             meta["input_top_logprobs"] = [_entries_json(t) for t in self.input_top_logprobs]
             meta["output_top_logprobs"] = [_entries_json(t) for t in self.output_top_logprobs]
+            total = self.output_token_logprobs_total
+            meta["output_token_logprobs_length"] = (
+                len(self.output_token_logprobs) if total is None else total
+            )
         out: dict[str, Any] = {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
         if self.index is not None:
             out["index"] = self.index

@@ -133,7 +133,8 @@ class OutputProcessor:
         if not req.stream:
             return False
         new = len(req.output_ids) - req.out.sent_ids_len
-        return new > 0 and (req.out.sent_ids_len == 0 or new >= self.stream_interval)
+        interval = req.sampling_params.stream_interval or self.stream_interval
+        return new > 0 and (req.out.sent_ids_len == 0 or new >= interval)
 
     def make_output(self, req: Req) -> ReqOutput:
         """What req produced since its last output (text, ids, logprobs), and mark it sent."""

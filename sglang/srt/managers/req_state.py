@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from sglang.srt.managers.io_struct import (
     FinishReason,
@@ -34,6 +34,7 @@ class ReqState:
     seen_output: bool = False  # the scheduler sent something for it
     failed: bool = False  # ended because the scheduler process is gone
     dirty: bool = False  # got output not yet handed to the caller
+    timing: Optional[Any] = None  # metrics.ReqTiming when the request is counted in /metrics
     input_token_logprobs: list[LogprobEntry] = field(default_factory=list)
     input_top_logprobs: list[Optional[list[LogprobEntry]]] = field(default_factory=list)
     output_token_logprobs: list[LogprobEntry] = field(default_factory=list)

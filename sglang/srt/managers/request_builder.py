@@ -57,7 +57,9 @@ class RequestBuilder:
     def _sampling_params(self, raw: Any) -> SamplingParams:
         params = SamplingParams.from_dict(copy.deepcopy(raw))
         if params.stop_token_ids:
-            self._check_vocab(params.stop_token_ids, "stop_token_ids")
+            self.check_vocab(params.stop_token_ids, "stop_token_ids")
+        if params.logit_bias:
+            self.check_vocab(list(params.logit_bias_ids()), "logit_bias")
         if params.grammar is not None and self.tm.server_args.grammar_backend == "none":
             raise ValueError(
                 f"{params.grammar[0]}: constrained decoding is disabled "
@@ -70,7 +72,7 @@ class RequestBuilder:
         assert ids is not None
         if not ids:
             raise ValueError("the prompt is empty (0 tokens)")
-        self._check_vocab(ids, "input_ids")
+        self.check_vocab(ids, "input_ids")
         n, context = len(ids), self.tm.context_len
         if n >= context:
             raise ValueError(
@@ -87,7 +89,7 @@ class RequestBuilder:
         params.min_new_tokens = min(params.min_new_tokens, params.max_new_tokens)
         return ids
 
-    def _check_vocab(self, ids: Any, name: str) -> None:
+    def check_vocab(self, ids: Any, name: str) -> None:
         vocab = self.tm.vocab_size
         for t in ids:
             if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab:

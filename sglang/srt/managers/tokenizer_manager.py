@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Optional, Union
 import zmq
 import zmq.asyncio
 
-from sglang.srt.managers.chat_messages import load_chat_template, normalize_messages
+from sglang.srt.function_call.parsers import ToolCallParser, get_parser
+from sglang.srt.managers.chat_messages import (
+    load_chat_template,
+    normalize_messages,
+    with_tools_in_text,
+)
 from sglang.srt.managers.io_struct import (
     AbortReq,
     BatchReqOutput,
@@ -28,12 +33,15 @@ from sglang.srt.managers.io_struct import (
 )
 from sglang.srt.managers.req_state import ReqState
 from sglang.srt.managers.request_builder import RequestBuilder
+from sglang.srt.reasoning_parser import ReasoningFormat, get_reasoning_format
 from sglang.srt.server_args import PortArgs, ServerArgs
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
     import fastapi
+
+    from sglang.srt.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +79,19 @@ class TokenizerManager:
         self.scheduler_process = scheduler_process
         self.tokenizer = load_tokenizer(self.tokenizer_path, server_args.trust_remote_code)
         self._template_override = load_chat_template(server_args.chat_template)
+        self.tool_parser: Optional[ToolCallParser] = (
+            get_parser(server_args.tool_call_parser) if server_args.tool_call_parser else None
+        )
+        self.metrics: Optional[Metrics] = None
+        if server_args.enable_metrics:
+            from sglang.srt.metrics import Metrics
+
+            self.metrics = Metrics(self.served_model_name)
+        self.reasoning_format: Optional[ReasoningFormat] = (
+            get_reasoning_format(server_args.reasoning_parser)
+            if server_args.reasoning_parser
+            else None
+        )
         self.ready_info: Optional[SchedulerReady] = None
         self.failure: Optional[str] = None
         # Called once with the failure message when the scheduler fails or dies.
@@ -160,17 +181,35 @@ class TokenizerManager:
             return own
         return self.model_info.get("chat_template") or None
 
-    def apply_chat_template(self, messages: list[dict]) -> str:
-        """Render OpenAI-style messages with the chat template, ready for the assistant's turn."""
+    def apply_chat_template(
+        self,
+        messages: list[dict],
+        tools: Optional[list[dict[str, Any]]] = None,
+        template_kwargs: Optional[dict[str, Any]] = None,
+    ) -> str:
+        """Render OpenAI-style messages with the chat template, ready for the assistant's turn.
+
+        `tools` go to the template's `tools` argument (a template that renders no tools gets
+        them described in the system message); `template_kwargs` become template variables
+        (e.g. enable_thinking).
+        """
         template = self.chat_template
         if template is None:
             raise ValueError(
                 "the model has no chat template; start the server with --chat-template"
             )
         plain = normalize_messages(messages)
+        kwargs = _template_kwargs(template_kwargs)
+        if tools or any("tool_calls" in m for m in plain):
+            parser = self.tool_parser or get_parser("hermes")
+            plain = with_tools_in_text(
+                plain, tools, parser.instructions(), parser.format_calls, template
+            )
+            if tools and "tools" in template:
+                kwargs["tools"] = tools
         try:
             return self.tokenizer.apply_chat_template(
-                plain, chat_template=template, tokenize=False, add_generation_prompt=True
+                plain, chat_template=template, tokenize=False, add_generation_prompt=True, **kwargs
             )
         except Exception as e:  # jinja raises its own errors for messages a template rejects
             raise ValueError(f"messages could not be rendered by the chat template: {e}") from None
@@ -197,7 +236,7 @@ class TokenizerManager:
         await self._require_ready()
         reqs, is_batch = self.builder.build(obj)
         event = asyncio.Event()
-        states = self._register(reqs, event, obj.return_text_in_logprobs)
+        states = self._register(reqs, event, obj.return_text_in_logprobs, obj.log_metrics)
         try:
             self._send(reqs if is_batch else reqs[0])
             if obj.stream:
@@ -269,13 +308,19 @@ class TokenizerManager:
                     raise _ClientDisconnected() from None
 
     def _register(
-        self, reqs: list[TokenizedGenerateReqInput], event: asyncio.Event, return_text: bool
+        self,
+        reqs: list[TokenizedGenerateReqInput],
+        event: asyncio.Event,
+        return_text: bool,
+        log_metrics: bool = True,
     ) -> list[ReqState]:
         states = []
         for req in reqs:
             constrained = req.sampling_params.grammar is not None
             state = ReqState(req.rid, event, req.return_logprob, return_text, constrained)
             state.prompt_tokens = len(req.input_ids)
+            if self.metrics is not None and log_metrics:
+                state.timing = self.metrics.start()
             self.rid_to_state[req.rid] = state
             states.append(state)
         return states
@@ -285,6 +330,9 @@ class TokenizerManager:
         # NOTE: synchronous on purpose: this runs while the caller's task is being cancelled.
         for state in states:
             self.rid_to_state.pop(state.rid, None)
+            if state.timing is not None and self.metrics is not None:
+                self.metrics.on_finish(state.timing, state)
+                state.timing = None
             if not state.finished and self.failure is None:
                 self._send(AbortReq(state.rid))
 
@@ -362,6 +410,8 @@ class TokenizerManager:
                 state = self.rid_to_state.get(out.rid)
                 if state is not None and not state.finished:  # else aborted or released already
                     state.apply(out, self.token_text)
+                    if state.timing is not None and self.metrics is not None:
+                        self.metrics.on_tokens(state.timing, len(out.output_ids))
         elif isinstance(msg, (FlushCacheReply, GetServerInfoReply)):
             waiters = self._replies[type(msg)]
             if waiters and not waiters[0].done():
@@ -406,6 +456,31 @@ class TokenizerManager:
 
 
 # -------------------------------------------------------------------- helpers
+
+
+_RESERVED_TEMPLATE_ARGS = (
+    "messages",
+    "tools",
+    "conversation",
+    "chat_template",
+    "tokenize",
+    "add_generation_prompt",
+    "documents",
+    "continue_final_message",
+    "return_dict",
+)
+
+
+def _template_kwargs(given: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """chat_template_kwargs, checked: an object whose keys are not the template's own args."""
+    if given is None:
+        return {}
+    if not isinstance(given, dict):
+        raise ValueError(f"chat_template_kwargs must be an object, got {given!r}")
+    reserved = sorted(k for k in given if k in _RESERVED_TEMPLATE_ARGS)
+    if reserved:
+        raise ValueError(f"chat_template_kwargs may not set {', '.join(reserved)}")
+    return dict(given)
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:

@@ -121,7 +121,8 @@ class SamplingBatchInfo:
         params = [r.sampling_params for r in reqs]
         uses_counts = any(_uses_counts(p) for p in params)
         uses_repetition = any(p.repetition_penalty != 1.0 for p in params)
-        if not uses_counts and not uses_repetition:
+        uses_bias = any(p.logit_bias for p in params)
+        if not uses_counts and not uses_repetition and not uses_bias:
             return
         rows = [penalty_entries(r, self.vocab_size) for r in reqs]
         width = max(1, max(len(ids) for ids, _ in rows))
@@ -167,7 +168,9 @@ def penalty_entries(req: SamplingReq, vocab_size: int) -> tuple[list[int], list[
     """The distinct ids a request's penalties touch, and the offset subtracted from each.
 
     Output ids carry frequency * count + presence; with a repetition penalty, the other prompt
-    and output ids join with offset 0. Ids outside [0, vocab_size) are ignored.
+    and output ids join with offset 0; logit_bias ids carry minus their bias (a request never
+    combines logit_bias with a repetition penalty, which would scale the bias). Ids outside
+    [0, vocab_size) are ignored.
     """
     p = req.sampling_params
     offsets: dict[int, float] = {}
@@ -181,6 +184,8 @@ def penalty_entries(req: SamplingReq, vocab_size: int) -> tuple[list[int], list[
             counts = Counter(req.output_ids)
         for token, count in counts.items():
             offsets[token] = p.frequency_penalty * count + p.presence_penalty
+    for token, bias in p.logit_bias_ids().items():
+        offsets[token] = offsets.get(token, 0.0) - bias
     if offsets and (min(offsets) < 0 or max(offsets) >= vocab_size):
         offsets = {t: v for t, v in offsets.items() if 0 <= t < vocab_size}
     return list(offsets), list(offsets.values())

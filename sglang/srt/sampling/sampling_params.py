@@ -33,7 +33,14 @@ class SamplingParams:
     regex: Optional[str] = None
     json_schema: Optional[str] = None  # always a JSON string after normalize()
     ebnf: Optional[str] = None
-    seed: Optional[int] = None
+    seed: Optional[int] = None  # SGLang's `sampling_seed` is accepted as an alias
+    # {token id (a string, as JSON keys are): bias added to its logit}; -100 bans a token
+    logit_bias: Optional[dict[str, float]] = None
+    # Free-form parameters for a custom logit processor (kept with the request, unused by us)
+    custom_params: Optional[dict[str, Any]] = None
+    stream_interval: Optional[int] = None  # per-request override of --stream-interval
+    # SGLang's xgrammar structural tag: accepted only unset (no backend of ours compiles one)
+    structural_tag: Optional[str] = None
     # Filled by normalize(): the stop strings and stop patterns as lists
     stop_strs: list[str] = field(default_factory=list)
     stop_regexes: list[str] = field(default_factory=list)
@@ -45,6 +52,7 @@ class SamplingParams:
             d = {}
         if not isinstance(d, dict):
             raise ValueError(f"sampling_params must be an object, got {type(d).__name__}")
+        d = _merge_seed_alias(d)
         known = {f.name for f in dataclasses.fields(cls)} - {"stop_strs", "stop_regexes"}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -108,6 +116,44 @@ class SamplingParams:
         self._verify_grammar()
         if self.seed is not None:
             _check_type("seed", self.seed, int)
+        self._verify_extras()
+
+    def _verify_extras(self) -> None:
+        if self.logit_bias is not None:
+            self.logit_bias_ids()  # raises on bad keys or values
+            if self.logit_bias and self.repetition_penalty != 1.0:
+                raise ValueError("logit_bias cannot be combined with repetition_penalty != 1")
+        if self.custom_params is not None and not isinstance(self.custom_params, dict):
+            raise ValueError(f"custom_params must be an object, got {self.custom_params!r}")
+        if self.stream_interval is not None:
+            _check_type("stream_interval", self.stream_interval, int)
+            if self.stream_interval < 1:
+                raise ValueError(f"stream_interval must be >= 1, got {self.stream_interval}")
+        if self.structural_tag is not None:
+            raise ValueError(
+                "structural_tag is not supported (use regex, json_schema or ebnf instead)"
+            )
+
+    def logit_bias_ids(self) -> dict[int, float]:
+        """logit_bias with int keys; ValueError names a key that is not a token id or a bias
+        outside [-100, 100]."""
+        if self.logit_bias is None:
+            return {}
+        if not isinstance(self.logit_bias, dict):
+            raise ValueError(f"logit_bias must be an object, got {self.logit_bias!r}")
+        out: dict[int, float] = {}
+        for key, value in self.logit_bias.items():
+            try:
+                token = int(key)
+            except (TypeError, ValueError):
+                raise ValueError(f"logit_bias key {key!r} is not a token id") from None
+            if token < 0:
+                raise ValueError(f"logit_bias key {key!r} is not a token id")
+            _check_type(f"logit_bias[{key!r}]", value, (int, float))
+            if not -100 <= value <= 100:
+                raise ValueError(f"logit_bias[{key!r}] must be in [-100, 100], got {value}")
+            out[token] = float(value)
+        return out
 
     def _verify_stop(self) -> None:
         stop = self.stop
@@ -167,7 +213,32 @@ class SamplingParams:
         return max((len(s) for s in self.stop_strs), default=0)
 
 
-_NULLABLE = {"stop", "stop_token_ids", "stop_regex", "regex", "json_schema", "ebnf", "seed"}
+_NULLABLE = {
+    "stop",
+    "stop_token_ids",
+    "stop_regex",
+    "regex",
+    "json_schema",
+    "ebnf",
+    "seed",
+    "logit_bias",
+    "custom_params",
+    "stream_interval",
+    "structural_tag",
+}
+
+
+def _merge_seed_alias(d: dict[str, Any]) -> dict[str, Any]:
+    """SGLang names the seed `sampling_seed`; ours is `seed`. Either is accepted, not both."""
+    if "sampling_seed" not in d:
+        return d
+    d = dict(d)
+    alias = d.pop("sampling_seed")
+    if alias is not None:
+        if d.get("seed") is not None and d["seed"] != alias:
+            raise ValueError(f"seed ({d['seed']}) and sampling_seed ({alias}) disagree")
+        d["seed"] = alias
+    return d
 
 
 def _as_list(value: Union[str, list[str], None], name: str) -> list[str]:
