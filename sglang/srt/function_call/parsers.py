@@ -201,8 +201,7 @@ class Llama3Parser(ToolCallParser):
         i = text.find(self.TAG)
         if i >= 0:
             return i
-        stripped = text.lstrip()
-        return len(text) - len(stripped) if stripped.startswith("{") else None
+        return 0 if text.lstrip().startswith("{") else None
 
     def holdback(self, text: str) -> int:
         return max(_leading_holdback(text), _prefix_holdback(text, self.TAG))
@@ -244,8 +243,7 @@ class PythonicParser(ToolCallParser):
     name = "pythonic"
 
     def call_start(self, text: str) -> Optional[int]:
-        stripped = text.lstrip()
-        return len(text) - len(stripped) if stripped.startswith("[") else None
+        return 0 if text.lstrip().startswith("[") else None
 
     def holdback(self, text: str) -> int:
         return _leading_holdback(text)
