@@ -43,7 +43,7 @@ HERMES_CALL = (
     r'<tool_call>\n\{"name": "get_weather", "arguments": \{"city": "[A-Z][a-z]{2,8}"\}\}\n'
     r"</tool_call>"
 )
-THINKING = r"<think>[a-z ]{3,30}</think>\n\n[A-Z][a-z ]{3,30}\."
+THINKING = r"<think>[a-z ]{3,16}</think>\n\n[A-Z][a-z ]{3,16}\."
 # chatml that, like Qwen3's, closes an empty think block when enable_thinking is false.
 TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -372,7 +372,7 @@ def test_bad_tool_requests_get_400(server_url: str) -> None:
 
 
 def test_reasoning_content_is_separated(api: openai.OpenAI) -> None:
-    kwargs = dict(model="m", messages=ASK, max_tokens=80, temperature=0)
+    kwargs = dict(model="m", messages=ASK, max_tokens=40, temperature=0)
     res = api.chat.completions.create(**kwargs, extra_body={"regex": THINKING})
     message = res.choices[0].message
     assert message.reasoning_content and "<think>" not in message.content
@@ -392,7 +392,7 @@ def test_reasoning_content_is_separated(api: openai.OpenAI) -> None:
 def test_stream_reasoning_false_sends_reasoning_in_one_piece(api: openai.OpenAI) -> None:
     body = {"regex": THINKING, "stream_reasoning": False}
     stream = api.chat.completions.create(
-        model="m", messages=ASK, max_tokens=80, temperature=0, stream=True, extra_body=body
+        model="m", messages=ASK, max_tokens=40, temperature=0, stream=True, extra_body=body
     )
     reasoning = [c.choices[0].delta.model_dump().get("reasoning_content") for c in stream]
     assert len([r for r in reasoning if r]) == 1
@@ -446,3 +446,56 @@ def test_metrics_after_traffic(api_url: str) -> None:
     assert samples[("sglang:num_running_reqs", None)] == 0
     assert samples[("sglang:num_queue_reqs", None)] == 0
     assert 0 <= samples[("sglang:cache_hit_rate", None)] <= 1
+
+
+# ------------------------------------------------------------------ Anthropic tools
+
+
+@pytest.fixture(scope="module")
+def claude(api_url: str) -> Any:
+    anthropic = pytest.importorskip("anthropic")
+    return anthropic.Anthropic(base_url=api_url, api_key="unused", max_retries=0)
+
+
+ANTHROPIC_WEATHER = {
+    "name": "get_weather",
+    "description": "The current weather of a city",
+    "input_schema": WEATHER["function"]["parameters"],
+}
+
+
+def test_anthropic_forced_tool_use(claude: Any) -> None:
+    msg = claude.messages.create(
+        model="m", max_tokens=40, messages=ASK, tools=[ANTHROPIC_WEATHER],
+        tool_choice={"type": "tool", "name": "get_weather"},
+    )  # fmt: skip
+    assert msg.stop_reason == "tool_use"
+    (use,) = [b for b in msg.content if b.type == "tool_use"]
+    assert use.name == "get_weather" and isinstance(use.input["city"], str)
+    assert use.id.startswith("toolu_")
+
+
+def test_anthropic_streamed_tool_use_and_tool_result_history(claude: Any) -> None:
+    with claude.messages.stream(
+        model="m", max_tokens=40, messages=ASK, tools=[ANTHROPIC_WEATHER],
+        tool_choice={"type": "any", "disable_parallel_tool_use": True},
+    ) as stream:  # fmt: skip
+        final = stream.get_final_message()
+    (use,) = [b for b in final.content if b.type == "tool_use"]
+    assert final.stop_reason == "tool_use" and isinstance(use.input["city"], str)
+    history = ASK + [
+        {"role": "assistant", "content": [use.model_dump(include={"type", "id", "name", "input"})]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "Sunny, 24 C"}],
+        },
+    ]
+    reply = claude.messages.create(
+        model="m", max_tokens=4, messages=history, tools=[ANTHROPIC_WEATHER],
+        tool_choice={"type": "none"},
+    )  # fmt: skip
+    first = claude.messages.create(
+        model="m", max_tokens=4, messages=ASK, tools=[ANTHROPIC_WEATHER],
+        tool_choice={"type": "none"},
+    )  # fmt: skip
+    assert reply.usage.input_tokens > first.usage.input_tokens + 10

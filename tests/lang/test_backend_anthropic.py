@@ -199,13 +199,14 @@ class FakeTokenizerManager:
     """The slice of TokenizerManager the route uses; answers scripted text like the runtime."""
 
     served_model_name = "fake-model"
+    tool_parser = None
 
     def __init__(self) -> None:
         self.reply = "Hello there. How are you?"
         self.received: list[Any] = []
         self.reject: Optional[str] = None
 
-    def apply_chat_template(self, messages: list[dict]) -> str:
+    def apply_chat_template(self, messages: list[dict], tools: Any = None) -> str:
         rendered = "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages)
         return rendered + "<assistant>"
 

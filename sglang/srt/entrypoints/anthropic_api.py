@@ -25,6 +25,8 @@ from sglang.srt.entrypoints.http_common import (
     first_output,
     status_for,
 )
+from sglang.srt.function_call.parsers import ToolCall
+from sglang.srt.function_call.tool_choice import ToolPlan
 from sglang.srt.managers.io_struct import GenerateOutput, GenerateReqInput
 
 if TYPE_CHECKING:
@@ -54,12 +56,46 @@ class ImageBlock(_Strict):
     cache_control: Optional[dict[str, Any]] = None
 
 
-ContentBlock = Union[TextBlock, ImageBlock]
+class ToolUseBlock(_Strict):
+    """A call the assistant made (in the history)."""
+
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+    cache_control: Optional[dict[str, Any]] = None
+
+
+class ToolResultBlock(_Strict):
+    """What a call returned (in a user turn)."""
+
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: Union[str, list[TextBlock], None] = None
+    is_error: bool = False
+    cache_control: Optional[dict[str, Any]] = None
+
+
+ContentBlock = Union[TextBlock, ImageBlock, ToolUseBlock, ToolResultBlock]
 
 
 class Message(_Strict):
     role: Literal["user", "assistant"]
     content: Union[str, list[ContentBlock]]
+
+
+class Tool(_Strict):
+    name: str
+    description: Optional[str] = None
+    input_schema: dict[str, Any]
+    type: Optional[Literal["custom"]] = None
+    cache_control: Optional[dict[str, Any]] = None
+
+
+class ToolChoice(_Strict):
+    type: Literal["auto", "any", "tool", "none"]
+    name: Optional[str] = None
+    disable_parallel_tool_use: bool = False
 
 
 class MessagesRequest(_Strict):
@@ -75,6 +111,8 @@ class MessagesRequest(_Strict):
     top_k: Optional[int] = Field(default=None, ge=0)  # 0: off, as if unset
     stream: bool = False
     metadata: Optional[dict[str, Any]] = None  # accepted and ignored (user_id)
+    tools: Optional[list[Tool]] = Field(default=None, min_length=1)
+    tool_choice: Optional[ToolChoice] = None
 
 
 def add_anthropic_routes(
@@ -94,7 +132,8 @@ def add_anthropic_routes(
             return error_response(_describe_validation_error(e))
         tm = get_tokenizer_manager()
         try:
-            obj = build_generate_request(req, tm)
+            plan = tool_plan(req, tm)
+            obj = build_generate_request(req, tm, plan)
             outputs = tm.generate_request(obj, raw_request)
             first = await first_output(outputs)
             if not req.stream:
@@ -104,9 +143,9 @@ def add_anthropic_routes(
             return exception_response(e)
         if req.stream:
             return StreamingResponse(
-                _stream_events(req, tm, first, outputs), media_type="text/event-stream"
+                _stream_events(req, tm, plan, first, outputs), media_type="text/event-stream"
             )
-        return JSONResponse(_message_response(req, tm, first))
+        return JSONResponse(_message_response(req, tm, plan, first))
 
 
 def error_response(
@@ -144,7 +183,8 @@ def _describe_validation_error(e: ValidationError) -> str:
 def to_openai_messages(req: MessagesRequest) -> tuple[list[dict[str, Any]], list[str]]:
     """Anthropic messages (and system) as OpenAI-style messages with string content, plus images.
 
-    Images become data URLs (or plain URLs) in the order they appear.
+    Images become data URLs (or plain URLs) in the order they appear; an assistant's tool_use
+    blocks become its tool_calls, and each tool_result block a `tool` message.
     """
     messages: list[dict[str, Any]] = []
     images: list[str] = []
@@ -157,14 +197,67 @@ def to_openai_messages(req: MessagesRequest) -> tuple[list[dict[str, Any]], list
         if isinstance(m.content, str):
             messages.append({"role": m.role, "content": m.content})
             continue
-        texts = []
-        for block in m.content:
-            if isinstance(block, TextBlock):
-                texts.append(block.text)
-            else:
-                images.append(_image_url(block.source))
-        messages.append({"role": m.role, "content": "".join(texts)})
+        messages.extend(_blocks_to_messages(m, images))
     return messages, images
+
+
+def _blocks_to_messages(m: Message, images: list[str]) -> list[dict[str, Any]]:
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    for block in m.content:
+        if isinstance(block, TextBlock):
+            texts.append(block.text)
+        elif isinstance(block, ImageBlock):
+            images.append(_image_url(block.source))
+        elif isinstance(block, ToolUseBlock):
+            if m.role != "assistant":
+                raise ValueError("tool_use blocks belong to assistant messages")
+            fn = {"name": block.name, "arguments": json.dumps(block.input)}
+            calls.append({"id": block.id, "type": "function", "function": fn})
+        else:
+            if m.role != "user":
+                raise ValueError("tool_result blocks belong to user messages")
+            content = block.content
+            if isinstance(content, list):
+                content = "".join(b.text for b in content)
+            text = ("Error: " if block.is_error else "") + (content or "")
+            results.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": text})
+    out = list(results)
+    if texts or not (calls or results):
+        out.append({"role": m.role, "content": "".join(texts)})
+    if calls:
+        if out and out[-1]["role"] == "assistant":
+            out[-1]["tool_calls"] = calls
+        else:
+            out.append({"role": "assistant", "content": "", "tool_calls": calls})
+    return out
+
+
+def tool_plan(req: MessagesRequest, tm: "TokenizerManager") -> ToolPlan:
+    """The request's tools and tool_choice in the terms of the OpenAI route's ToolPlan."""
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": t.name,
+                "description": t.description or "",
+                "parameters": t.input_schema,
+            },
+        }
+        for t in req.tools or []
+    ]
+    choice: Any = None
+    parallel = None
+    if req.tool_choice is not None:
+        kind = req.tool_choice.type
+        parallel = not req.tool_choice.disable_parallel_tool_use
+        choice = {"auto": "auto", "any": "required", "none": "none"}.get(kind)
+        if kind == "tool":
+            if not req.tool_choice.name:
+                raise ValueError("tool_choice of type 'tool' needs a name")
+            choice = {"type": "function", "function": {"name": req.tool_choice.name}}
+    return ToolPlan.from_request(tools or None, choice, parallel, tm.tool_parser)
 
 
 def _image_url(source: ImageSource) -> str:
@@ -177,19 +270,25 @@ def _image_url(source: ImageSource) -> str:
     return f"data:{source.media_type};base64,{source.data}"
 
 
-def build_generate_request(req: MessagesRequest, tm: "TokenizerManager") -> GenerateReqInput:
+def build_generate_request(
+    req: MessagesRequest, tm: "TokenizerManager", plan: Optional[ToolPlan] = None
+) -> GenerateReqInput:
     """The native request for a Messages request.
 
     A final assistant message is a prefill: the reply continues it (and does not repeat it).
     """
+    plan = plan or tool_plan(req, tm)
     messages, images = to_openai_messages(req)
     prefill = ""
-    if messages[-1]["role"] == "assistant":
+    if messages[-1]["role"] == "assistant" and "tool_calls" not in messages[-1]:
         prefill = messages.pop()["content"]
-    if not any(m["role"] == "user" for m in messages):
+    if not any(m["role"] in ("user", "tool") for m in messages):
         raise ValueError("messages must contain at least one 'user' message")
-    prompt = tm.apply_chat_template(messages) + prefill
+    prompt = tm.apply_chat_template(messages, plan.template_tools) + prefill
     params: dict[str, Any] = {"max_new_tokens": req.max_tokens, "temperature": req.temperature}
+    forced = plan.grammar()
+    if forced is not None:
+        params["json_schema"] = forced
     if req.stop_sequences:
         params["stop"] = req.stop_sequences
     if req.top_p is not None:
@@ -206,25 +305,39 @@ def build_generate_request(req: MessagesRequest, tm: "TokenizerManager") -> Gene
 
 
 def stop_reason(
-    out: GenerateOutput, stop_sequences: Optional[list[str]]
+    out: GenerateOutput, stop_sequences: Optional[list[str]], has_calls: bool = False
 ) -> tuple[str, Optional[str]]:
     """(stop_reason, stop_sequence) of a finished native output."""
     finish = out.finish_reason
     if finish is not None and finish.type == "length":
         return "max_tokens", None
+    if has_calls:
+        return "tool_use", None
     matched = finish.matched if finish is not None else None
     if isinstance(matched, str) and stop_sequences and matched in stop_sequences:
         return "stop_sequence", matched
     return "end_turn", None
 
 
+def _tool_use_block(call: ToolCall) -> dict[str, Any]:
+    return {
+        "type": "tool_use",
+        "id": call.id.replace("call_", "toolu_", 1),
+        "name": call.name,
+        "input": json.loads(call.arguments),
+    }
+
+
 def _message_response(
-    req: MessagesRequest, tm: "TokenizerManager", out: GenerateOutput
+    req: MessagesRequest, tm: "TokenizerManager", plan: ToolPlan, out: GenerateOutput
 ) -> dict[str, Any]:
-    reason, sequence = stop_reason(out, req.stop_sequences)
+    text, calls = plan.parse(out.text)
+    reason, sequence = stop_reason(out, req.stop_sequences, bool(calls))
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text or not calls else []
+    content += [_tool_use_block(c) for c in calls]
     return {
         **_message_head(out, tm),
-        "content": [{"type": "text", "text": out.text}],
+        "content": content,
         "stop_reason": reason,
         "stop_sequence": sequence,
         "usage": {
@@ -248,20 +361,22 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 async def _stream_events(
     req: MessagesRequest,
     tm: "TokenizerManager",
+    plan: ToolPlan,
     first: GenerateOutput,
     rest: AsyncGenerator[GenerateOutput, None],
 ) -> AsyncIterator[bytes]:
-    """The documented event sequence: message_start, content_block_start, ping, deltas, stops."""
+    """The documented event sequence: message_start, content_block_start, ping, deltas, stops;
+    tool_use blocks (each with one input_json_delta) follow the text block."""
     for event in _opening_events(tm, first):
         yield event
     last, sent = first, 0
+    splitter = _TextSplitter(plan)
     try:
         async for out in _chain(first, rest):
             last, delta, sent = out, out.text[sent:], len(out.text)
+            delta = splitter.feed(delta)
             if delta:
-                text_delta = {"type": "text_delta", "text": delta}
-                body = {"type": "content_block_delta", "index": 0, "delta": text_delta}
-                yield _sse("content_block_delta", body)
+                yield _text_delta(delta)
         _raise_if_aborted(last)
     except SERVING_ERRORS as e:
         # NOTE: the status line is already sent; the documented way to fail now is an error event.
@@ -270,8 +385,39 @@ async def _stream_events(
         return
     finally:
         await rest.aclose()
-    for event in _closing_events(req, last):
+    text, calls = splitter.finish()
+    if text:
+        yield _text_delta(text)
+    for event in _closing_events(req, last, calls):
         yield event
+
+
+class _TextSplitter:
+    """The text a stream may send now, and at the end the rest and the tool calls."""
+
+    def __init__(self, plan: ToolPlan) -> None:
+        self.plan = plan
+        self.stream = plan.stream()
+        self.forced = "" if plan.mode in ("required", "named") else None
+
+    def feed(self, delta: str) -> str:
+        if self.forced is not None:
+            self.forced += delta
+            return ""
+        return self.stream.feed(delta) if self.stream is not None else delta
+
+    def finish(self) -> tuple[str, list[ToolCall]]:
+        if self.forced is not None:
+            return self.plan.parse(self.forced)
+        if self.stream is None:
+            return "", []
+        text, calls = self.stream.finish()
+        return text, calls if self.plan.parallel else calls[:1]
+
+
+def _text_delta(text: str) -> bytes:
+    body = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
+    return _sse("content_block_delta", body)
 
 
 def _opening_events(tm: "TokenizerManager", first: GenerateOutput) -> list[bytes]:
@@ -294,15 +440,27 @@ def _opening_events(tm: "TokenizerManager", first: GenerateOutput) -> list[bytes
     ]
 
 
-def _closing_events(req: MessagesRequest, out: GenerateOutput) -> list[bytes]:
-    reason, sequence = stop_reason(out, req.stop_sequences)
+def _closing_events(
+    req: MessagesRequest, out: GenerateOutput, calls: list[ToolCall]
+) -> list[bytes]:
+    reason, sequence = stop_reason(out, req.stop_sequences, bool(calls))
     message_delta = {
         "type": "message_delta",
         "delta": {"stop_reason": reason, "stop_sequence": sequence},
         "usage": {"output_tokens": out.completion_tokens},
     }
-    return [
-        _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    events = [_sse("content_block_stop", {"type": "content_block_stop", "index": 0})]
+    for i, call in enumerate(calls, start=1):
+        block = {**_tool_use_block(call), "input": {}}
+        events.append(
+            _sse("content_block_start", {"type": "content_block_start", "index": i, "content_block": block})
+        )
+        delta = {"type": "input_json_delta", "partial_json": call.arguments}
+        events.append(
+            _sse("content_block_delta", {"type": "content_block_delta", "index": i, "delta": delta})
+        )
+        events.append(_sse("content_block_stop", {"type": "content_block_stop", "index": i}))
+    return events + [
         _sse("message_delta", message_delta),
         _sse("message_stop", {"type": "message_stop"}),
     ]
