@@ -116,3 +116,18 @@ def test_model_with_and_without_the_kernels(tiny_llama_path, monkeypatch):
         # bf16 noise: the torch decode attention rounds its probabilities to bf16, the kernel
         # keeps them in float32 (logits here reach ~10, where a bf16 step is 0.06)
         assert (a - b).abs().max() < 0.15, (a - b).abs().max()
+
+
+def test_argmax_rows_is_torch_argmax():
+    from sglang.srt.layers.sampler import argmax_rows
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 49157, generator=g)  # a width that is not a multiple of the vector
+    x[0, 3] = x[0, 40000] = 50.0  # a repeated maximum: the first
+    x[1, 49156] = 50.0  # in the scalar tail
+    x[2, 77] = x[2, 9] = float("nan")  # NaN counts as the largest: the first NaN
+    x[3] = float("-inf")  # fully masked row
+    x[4, :100] = float("inf")
+    for rows in (x, x[:1], x[:, :5]):
+        assert torch.equal(kernels.argmax_rows(rows), rows.argmax(-1))
+        assert torch.equal(argmax_rows(rows), rows.argmax(-1))

@@ -6,6 +6,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from sglang.srt.layers import cpu_kernels
 from sglang.srt.sampling.sampling_batch_info import SamplingBatchInfo
 
 _MASK32 = 0xFFFFFFFF
@@ -56,7 +57,7 @@ class Sampler:
         penalized = apply_penalties(raw, info)
         processed = apply_masks(penalized, info, owned=penalized is not raw)
         if info.is_all_greedy:
-            next_ids = processed.argmax(dim=-1)
+            next_ids = argmax_rows(processed)
         else:
             next_ids = _sample_rows(processed, info)
         if not return_logprob:
@@ -64,6 +65,15 @@ class Sampler:
         nums = top_logprobs_nums or [0] * raw.shape[0]
         chosen, top = logprob_lists(raw, next_ids, nums)
         return SampleOutput(next_ids, chosen, top)
+
+
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """x [B, V] -> [B] int64, as x.argmax(-1) (first maximum; NaN counts as the largest).
+    On CPU the C++ kernel: torch's argmax takes ~5 ms at [64, 49152] on one core, ~6x longer."""
+    kernels = cpu_kernels.for_tensor(x)
+    if kernels is not None and x.dtype == torch.float32 and x.dim() == 2 and x.shape[1] > 0:
+        return kernels.argmax_rows(x)
+    return x.argmax(dim=-1)
 
 
 def apply_penalties(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
@@ -111,7 +121,7 @@ def _sample_rows(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
             next_ids = torch.where(info.truncated_rows, next_ids, full_ids)
     if info.has_greedy_rows:
         # From the logits: softmax can round two close logits to one probability.
-        next_ids = torch.where(info.greedy_rows, logits.argmax(dim=-1), next_ids)
+        next_ids = torch.where(info.greedy_rows, argmax_rows(logits), next_ids)
     return next_ids
 
 

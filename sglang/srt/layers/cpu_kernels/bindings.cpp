@@ -13,6 +13,7 @@ std::vector<torch::Tensor> add_rms_norm(torch::Tensor x, torch::Tensor residual,
 torch::Tensor silu_and_mul(torch::Tensor x);
 torch::Tensor rotary(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin,
                      torch::Tensor positions, int64_t heads, int64_t dim);
+torch::Tensor argmax_rows(torch::Tensor x);
 void store_kv(torch::Tensor k_buf, torch::Tensor v_buf, torch::Tensor loc, torch::Tensor k,
               torch::Tensor v);
 
@@ -23,5 +24,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("add_rms_norm", &add_rms_norm, "(RMSNorm(x + residual), x + residual)");
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up of [gate | up] rows");
   m.def("rotary", &rotary, "rotary embedding of the first heads of each row");
+  m.def("argmax_rows", &argmax_rows, "first index of each row's maximum (NaN largest)");
   m.def("store_kv", &store_kv, "write k and v rows into the KV pool's slots");
 }

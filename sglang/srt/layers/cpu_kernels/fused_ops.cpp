@@ -14,6 +14,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 // ---- storage dtype <-> float (bfloat16 by bit operations, which gcc vectorizes) -------------
@@ -246,4 +250,51 @@ void store_kv(torch::Tensor k_buf, torch::Tensor v_buf, torch::Tensor loc, torch
       }
     }
   }
+}
+
+// x [B, V] float32 -> [B] int64: the index of each row's largest value, the first where it
+// repeats, a NaN counting as the largest (as torch.argmax). Two vectorizable passes per row:
+// the maximum, then its first position; torch's CPU argmax carries an index through one pass
+// and is several times slower at vocabulary widths.
+torch::Tensor argmax_rows(torch::Tensor x) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat, "argmax_rows: x [B, V] float32");
+  TORCH_CHECK(x.size(1) > 0, "argmax_rows: empty rows");
+  x = x.contiguous();
+  const int64_t rows = x.size(0), width = x.size(1);
+  auto out = torch::empty({rows}, x.options().dtype(torch::kInt64));
+  const float* p = x.data_ptr<float>();
+  int64_t* o = out.data_ptr<int64_t>();
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* row = p + r * width;
+      float mx = row[0];
+      bool nan = false;
+      int64_t i = 0;
+#if defined(__AVX2__)
+      __m256 vmax = _mm256_set1_ps(row[0]);
+      __m256 vnan = _mm256_setzero_ps();
+      for (; i + 8 <= width; i += 8) {
+        const __m256 v = _mm256_loadu_ps(row + i);
+        vmax = _mm256_max_ps(vmax, v);
+        vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      }
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, vmax);
+      for (float v : lanes) mx = v > mx ? v : mx;
+      nan = _mm256_movemask_ps(vnan) != 0;
+#endif
+      for (; i < width; ++i) {
+        mx = row[i] > mx ? row[i] : mx;
+        nan |= row[i] != row[i];
+      }
+      int64_t at = 0;
+      if (nan) {
+        while (row[at] == row[at]) ++at;
+      } else {
+        while (row[at] != mx) ++at;
+      }
+      o[r] = at;
+    }
+  });
+  return out;
 }
