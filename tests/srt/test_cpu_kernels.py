@@ -131,3 +131,36 @@ def test_argmax_rows_is_torch_argmax():
     for rows in (x, x[:1], x[:, :5]):
         assert torch.equal(kernels.argmax_rows(rows), rows.argmax(-1))
         assert torch.equal(argmax_rows(rows), rows.argmax(-1))
+
+
+@pytest.mark.parametrize(
+    "dtype,quantization", [("float32", "none"), ("bfloat16", "int4"), ("bfloat16", "int8")]
+)
+def test_cpu_decode_plan_equals_the_python_layers(tiny_llama_path, dtype, quantization):
+    """The C++ decode pass runs the layers' own kernels in their order: the same bits, at batch
+    sizes on the quantized kernels (1, 3) and past them (20: the dense weight)."""
+    runner = make_runner(tiny_llama_path, dtype=dtype, quantization=quantization)
+    assert runner.cpu_decode is not None
+    plan_path = runner.cpu_decode
+    prompts = {f"r{i}": [1, 5 + i, 17, 33 + i, 9] for i in range(20)}
+
+    def run(batch: int, use_plan: bool) -> list[torch.Tensor]:
+        fresh(runner)
+        runner.cpu_decode = plan_path if use_plan else None
+        d = Driver(runner)
+        chunk = dict(list(prompts.items())[:batch])
+        out = [d.extend(chunk).next_token_logits]
+        for step in range(3):
+            out.append(d.decode({rid: (7 * step + len(rid)) % 128 for rid in chunk}).next_token_logits)
+        return out
+
+    for batch in (1, 3, 20):
+        ours, layers = run(batch, True), run(batch, False)
+        assert plan_path._plans[batch] is not None  # the C++ pass did run
+        for a, b in zip(ours, layers):
+            assert torch.equal(a, b)
+
+
+def fresh(runner) -> None:
+    runner.req_to_token_pool.clear()
+    runner.token_to_kv_pool_allocator.clear()

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sglang.srt.layers.quantization import Bf16Weight, QuantWeight
+from sglang.srt.layers.quantization import (
+    ROUTE_BF16,
+    ROUTE_DENSE,
+    ROUTE_DEQUANT,
+    ROUTE_INT4,
+    ROUTE_INT8,
+    ROUTE_PACKED,
+    Bf16Weight,
+    QuantWeight,
+)
 
 # Up to this many rows a oneDNN-packed weight wins (2x at one row, even at 64, slower at 512):
 # decode uses it, long prefills keep the plain kernel.
@@ -38,6 +47,33 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias, self.packed, self.quant)
 
 
+class Route(NamedTuple):
+    """How a Linear multiplies `rows` input rows: the kernel, its operands, the bias."""
+
+    kind: int
+    operands: tuple  # the kernel's weight operands (see linear())
+    group: int  # the int4 group size; 0 otherwise
+    bias: Optional[torch.Tensor]
+
+
+def linear_route(
+    rows: int,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    packed: Optional[torch.Tensor] = None,
+    quant: Optional[QuantWeight] = None,
+) -> Route:
+    """The fastest form of the weight for `rows` input rows (-1: not a 2-d input)."""
+    if quant is not None:
+        if 0 <= rows <= min(quant.max_rows, QUANT_MAX_ROWS):
+            kind, operands, group = quant.route()
+            return Route(kind, operands, group, bias)
+        return Route(ROUTE_DEQUANT, (weight,), 0, bias)
+    if packed is not None and 0 <= rows <= _PACKED_MAX_ROWS:
+        return Route(ROUTE_PACKED, (packed,), 0, bias)
+    return Route(ROUTE_DENSE, (weight,), 0, bias)
+
+
 def linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -46,16 +82,18 @@ def linear(
     quant: Optional[QuantWeight] = None,
 ) -> torch.Tensor:
     """x [T, in] @ weight[out, in].T (+ bias), through the form that is fastest for T rows."""
-    rows = x.shape[0] if x.dim() == 2 else -1
-    if quant is not None:
-        if 0 <= rows <= min(quant.max_rows, QUANT_MAX_ROWS):
-            y = quant.matmul(x)
-        else:  # the dense weight (quant's dequantization) at the kernel's precision: bf16
-            # in and out, so a row's result does not depend on which path its batch took
-            xb = x.to(torch.bfloat16)
-            y = F.linear(xb.to(weight.dtype), weight).to(torch.bfloat16).to(x.dtype)
+    route = linear_route(x.shape[0] if x.dim() == 2 else -1, weight, bias, packed, quant)
+    kind = route.kind
+    if kind in (ROUTE_INT4, ROUTE_INT8, ROUTE_BF16):
+        y = quant.matmul(x)
         return y if bias is None else y + bias
-    if packed is not None and 0 <= rows <= _PACKED_MAX_ROWS:
+    if kind == ROUTE_DEQUANT:  # the dense weight (quant's dequantization) at the kernel's
+        # precision: bf16 in and out, so a row's result does not depend on which path its
+        # batch took
+        xb = x.to(torch.bfloat16)
+        y = F.linear(xb.to(weight.dtype), weight).to(torch.bfloat16).to(x.dtype)
+        return y if bias is None else y + bias
+    if kind == ROUTE_PACKED:
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
     if weight.dtype != x.dtype:  # a float32 dense weight on a CPU without bf16 dot products
         b = None if bias is None else bias.to(weight.dtype)

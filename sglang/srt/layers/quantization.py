@@ -32,6 +32,9 @@ import torch
 GROUP_SIZE = 32  # the int4 group (the GGUF block size of Q4_0 / Q4_1)
 _ACT_DTYPE = torch.bfloat16  # the low-bit kernels' activation dtype
 QUANTIZATION_CHOICES = ("auto", "none", "int8", "int4")
+# Route kinds: which kernel multiplies a Linear's input (layers/linear.py's linear_route; also
+# read by the C++ decode pass, layers/cpu_kernels/decode_layers.cpp, which runs the same kernels).
+ROUTE_INT4, ROUTE_INT8, ROUTE_BF16, ROUTE_DEQUANT, ROUTE_DENSE, ROUTE_PACKED = range(6)
 
 
 @dataclass
@@ -51,6 +54,10 @@ class Int4Weight:
         )
         return y.to(x.dtype)
 
+    def route(self) -> tuple[int, tuple, int]:
+        # (kind, operands, group) for layers/linear.py's Route
+        return ROUTE_INT4, (self.packed, self.scales_zeros), self.group_size
+
     @property
     def nbytes(self) -> int:
         return self.packed.nbytes + self.scales_zeros.nbytes
@@ -66,6 +73,9 @@ class Int8Weight:
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         return torch._weight_int8pack_mm(x.to(_ACT_DTYPE), self.qweight, self.scales).to(x.dtype)
+
+    def route(self) -> tuple[int, tuple, int]:
+        return ROUTE_INT8, (self.qweight, self.scales), 0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -87,6 +97,9 @@ class Bf16Weight:
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.linear(x.to(_ACT_DTYPE), self.weight).to(x.dtype)
+
+    def route(self) -> tuple[int, tuple, int]:
+        return ROUTE_BF16, (self.weight,), 0
 
     @property
     def nbytes(self) -> int:

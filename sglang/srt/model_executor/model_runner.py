@@ -19,6 +19,7 @@ from sglang.srt.mem_cache.memory_pool import (
     TokenToKVPoolAllocator,
 )
 from sglang.srt.model_executor.compiled import CompiledDecode
+from sglang.srt.model_executor.cpu_decode import CpuDecode
 from sglang.srt.model_executor.forward_batch import ForwardBatch, ForwardMode, LogitsOutput
 from sglang.srt.model_loader.loader import load_model, resolve_gguf_file, resolve_model_path
 from sglang.srt.model_loader.quantize import QuantReport, apply_quantization
@@ -100,6 +101,9 @@ class ModelRunner:
         )
         self.attn_backend = TorchNativeAttnBackend(self.token_to_kv_pool)
         self.compiled_decode = None
+        self.cpu_decode = None
+        if not self.use_torch_compile:
+            self.cpu_decode = CpuDecode.create(self.model, self.token_to_kv_pool)
         if self.use_torch_compile:
             self.compiled_decode = CompiledDecode(
                 self.model, self.logits_processor.lm_head, self.token_to_kv_pool
@@ -114,6 +118,10 @@ class ModelRunner:
                 logits = self.compiled_decode(forward_batch)
                 if logits is not None:
                     return LogitsOutput.of_decode(logits, forward_batch)
+            if forward_batch.is_decode and self.cpu_decode is not None:
+                hidden = self.cpu_decode(forward_batch)  # None where it has no plan
+                if hidden is not None:
+                    return self.logits_processor(hidden, forward_batch)
             self.attn_backend.init_forward_metadata(forward_batch)
             fb = forward_batch
             hidden = self.model(fb.input_ids, fb.positions, fb)  # [T, hidden]

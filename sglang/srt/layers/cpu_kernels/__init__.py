@@ -7,7 +7,8 @@ runs it. Without a compiler, or if the build fails, load() returns None after on
 the callers use their pure-torch paths. SGLANG_DISABLE_CPU_KERNELS=1 skips them.
 
 Kernels: decode attention over the paged KV pool (paged_attention.cpp); RMSNorm with its
-residual add, SiLU-and-mul, rotary embedding and the KV-pool store (fused_ops.cpp).
+residual add, SiLU-and-mul, rotary embedding, the KV-pool store and a row argmax
+(fused_ops.cpp); a Llama-family DECODE pass run layer by layer from C++ (decode_layers.cpp).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Optional
 logger = logging.getLogger(__name__)
 
 _BUILD_FLAGS_VERSION = "2"  # bump when the compiler flags below change
-_SOURCES = ("bindings.cpp", "paged_attention.cpp", "fused_ops.cpp")
+_SOURCES = ("bindings.cpp", "paged_attention.cpp", "fused_ops.cpp", "decode_layers.cpp")
 
 
 def _cpu_flags() -> str:

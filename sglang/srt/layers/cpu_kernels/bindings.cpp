@@ -16,6 +16,7 @@ torch::Tensor rotary(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin,
 torch::Tensor argmax_rows(torch::Tensor x);
 void store_kv(torch::Tensor k_buf, torch::Tensor v_buf, torch::Tensor loc, torch::Tensor k,
               torch::Tensor v);
+void register_decode_plan(pybind11::module_& m);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention,
@@ -25,5 +26,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up of [gate | up] rows");
   m.def("rotary", &rotary, "rotary embedding of the first heads of each row");
   m.def("argmax_rows", &argmax_rows, "first index of each row's maximum (NaN largest)");
+  register_decode_plan(m);
   m.def("store_kv", &store_kv, "write k and v rows into the KV pool's slots");
 }
