@@ -4,8 +4,7 @@ every sampling field, tool calling, reasoning, metrics and the utility routes.""
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import openai
 import pytest
@@ -44,15 +43,6 @@ HERMES_CALL = (
     r"</tool_call>"
 )
 THINKING = r"<think>[a-z ]{3,16}</think>\n\n[A-Z][a-z ]{3,16}\."
-# chatml that, like Qwen3's, closes an empty think block when enable_thinking is false.
-TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
-    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
-    "{% endif %}{% endif %}"
-)
-
-
 def post(url: str, path: str, body: Any) -> requests.Response:
     return requests.post(url + path, json=body, timeout=300)
 
@@ -70,22 +60,6 @@ def refused(url: str, path: str, body: Any, *names: str) -> str:
     for name in names:
         assert name in message, message
     return message
-
-
-@pytest.fixture(scope="module")
-def api_url(launch_server_variant: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One server with the parsers, metrics and incremental streaming on."""
-    template = Path(tmp_path_factory.mktemp("template")) / "chat.jinja"
-    template.write_text(TEMPLATE)
-    args = (
-        "--tool-call-parser", "hermes",
-        "--reasoning-parser", "qwen3",
-        "--enable-metrics",
-        "--incremental-streaming-output",
-        "--chat-template", str(template),
-    )  # fmt: skip
-    with launch_server_variant(*args) as server:
-        yield server.url
 
 
 @pytest.fixture(scope="module")

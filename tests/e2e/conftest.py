@@ -1,0 +1,33 @@
+"""End-to-end fixtures shared by several modules: the server with the API parsers on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+# chatml that, like Qwen3's, closes an empty think block when enable_thinking is false.
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
+    "{% endif %}{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def api_url(launch_server_variant: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second server, with the tool-call and reasoning parsers, metrics and incremental
+    streaming on (test_api_compat; and one of the two workers behind sglang-router)."""
+    template = Path(tmp_path_factory.mktemp("template")) / "chat.jinja"
+    template.write_text(THINKING_TEMPLATE)
+    args = (
+        "--tool-call-parser", "hermes",
+        "--reasoning-parser", "qwen3",
+        "--enable-metrics",
+        "--incremental-streaming-output",
+        "--chat-template", str(template),
+    )  # fmt: skip
+    with launch_server_variant(*args) as server:
+        yield server.url
