@@ -481,9 +481,8 @@ class _ChatCall(_OpenAICall):
         if self.reasoning is not None:
             reasoning, text = split_reasoning(self.reasoning, text)
         content, calls = self.tools.parse(text)
-        message: dict[str, Any] = {"role": "assistant", "content": content or None}
-        if not calls:
-            message["content"] = content
+        # As OpenAI: a reply that only calls tools has null content.
+        message: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else "")}
         if self.reasoning is not None:
             message["reasoning_content"] = reasoning or None
         if calls:

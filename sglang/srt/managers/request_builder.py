@@ -105,9 +105,10 @@ class RequestBuilder:
         ids: list[int],
         params: SamplingParams,
     ) -> TokenizedGenerateReqInput:
-        return_logprob = _pick(obj.return_logprob, "return_logprob", i, prompts)
-        start = _pick(obj.logprob_start_len, "logprob_start_len", i, prompts)
-        top = _pick(obj.top_logprobs_num, "top_logprobs_num", i, prompts)
+        # NOTE: null means the default, as in SGLang (whose clients send these as null).
+        return_logprob = _or(_pick(obj.return_logprob, "return_logprob", i, prompts), False)
+        start = _or(_pick(obj.logprob_start_len, "logprob_start_len", i, prompts), -1)
+        top = _or(_pick(obj.top_logprobs_num, "top_logprobs_num", i, prompts), 0)
         _check_logprob_args(return_logprob, start, top, len(ids), self.tm.vocab_size)
         if not isinstance(obj.stream, bool):
             raise ValueError(f"stream must be a boolean, got {obj.stream!r}")
@@ -163,6 +164,10 @@ def _pick(value: Any, name: str, i: int, prompts: list) -> Any:
     if len(value) != len(prompts):
         raise ValueError(f"{name} has {len(value)} entries for {len(prompts)} prompts")
     return value[i]
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def _base_rids(rid: Any, count: int, is_batch: bool) -> list[str]:
