@@ -134,11 +134,13 @@ def test_argmax_rows_is_torch_argmax():
 
 
 @pytest.mark.parametrize(
-    "dtype,quantization", [("float32", "none"), ("bfloat16", "int4"), ("bfloat16", "int8")]
+    "dtype,quantization",
+    [("float32", "none"), ("bfloat16", "none"), ("bfloat16", "int4"), ("bfloat16", "int8")],
 )
 def test_cpu_decode_plan_equals_the_python_layers(tiny_llama_path, dtype, quantization):
     """The C++ decode pass runs the layers' own kernels in their order: the same bits, at batch
-    sizes on the quantized kernels (1, 3) and past them (20: the dense weight)."""
+    sizes on the quantized kernels (1, 3) and past them (20: the dense weight); bf16 without
+    quantization takes oneDNN's packed weights where the CPU has them, else bf16 / float32."""
     runner = make_runner(tiny_llama_path, dtype=dtype, quantization=quantization)
     assert runner.cpu_decode is not None
     plan_path = runner.cpu_decode

@@ -7,9 +7,8 @@ C++ (layers/cpu_kernels/decode_layers.cpp): the results are the same to the bit.
 
 A plan per batch size holds each layer's tensors and, for each projection, the route
 layers/linear.py picks for that many rows (a batch past the quantized kernels' rows takes the
-dense weight, as the Python layers do). Where a route has no C++ form (oneDNN-packed weights),
-or the model is not a Llama-family decoder on CPU with the kernels built, the runner keeps the
-Python layers.
+dense weight, as the Python layers do). Where the model is not a Llama-family decoder on CPU
+with the kernels built, the runner keeps the Python layers.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import torch
 
 from sglang.srt.layers import cpu_kernels
 from sglang.srt.layers.linear import Linear, linear_route
-from sglang.srt.layers.quantization import ROUTE_PACKED
 from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
 from sglang.srt.model_executor.forward_batch import ForwardBatch
 from sglang.srt.models.llama import LlamaForCausalLM
@@ -30,13 +28,13 @@ logger = logging.getLogger(__name__)
 
 
 class CpuDecode:
-    """fb (DECODE) -> the final norm's hidden states [B, hidden], or None: use the layers."""
+    """fb (DECODE) -> the final norm's hidden states [B, hidden]."""
 
     def __init__(self, model: LlamaForCausalLM, kv_pool: MHATokenToKVPool, kernels: Any) -> None:
         self.model = model
         self.kv_pool = kv_pool
         self.kernels = kernels
-        self._plans: dict[int, Any] = {}  # batch size -> DecodePlan, or None (no C++ form)
+        self._plans: dict[int, Any] = {}  # batch size -> DecodePlan
 
     @classmethod
     def create(cls, model: torch.nn.Module, kv_pool: MHATokenToKVPool) -> Optional[CpuDecode]:
@@ -56,13 +54,10 @@ class CpuDecode:
         )
         return cls(model, kv_pool, kernels) if same_dtype else None
 
-    def __call__(self, fb: ForwardBatch) -> Optional[torch.Tensor]:
-        batch = fb.batch_size
-        if batch not in self._plans:
-            self._plans[batch] = self._plan(batch)
-        plan = self._plans[batch]
+    def __call__(self, fb: ForwardBatch) -> torch.Tensor:
+        plan = self._plans.get(fb.batch_size)
         if plan is None:
-            return None
+            plan = self._plans[fb.batch_size] = self._plan(fb.batch_size)
         x = self.model.model.embed_tokens(fb.input_ids)
         return plan.forward(
             x, fb.positions, fb.out_cache_loc, fb.req_to_token, fb.req_pool_indices, fb.seq_lens
@@ -77,8 +72,6 @@ class CpuDecode:
                 _route(rows, m)
                 for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
             ]
-            if any(r is None for r in routes):
-                return None
             k_buf, v_buf = self.kv_pool.get_kv_buffer(attn.attn.layer_id)
             layers.append(
                 (
@@ -107,8 +100,6 @@ def _norms(layer: torch.nn.Module) -> list:
     return [layer.input_layernorm, layer.post_attention_layernorm]
 
 
-def _route(rows: int, m: Linear) -> Optional[tuple]:
+def _route(rows: int, m: Linear) -> tuple:
     r = linear_route(rows, m.weight, m.bias, m.packed, m.quant)
-    if r.kind == ROUTE_PACKED:
-        return None
     return (r.kind, list(r.operands), r.group, r.bias)

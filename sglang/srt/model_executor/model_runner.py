@@ -119,9 +119,7 @@ class ModelRunner:
                 if logits is not None:
                     return LogitsOutput.of_decode(logits, forward_batch)
             if forward_batch.is_decode and self.cpu_decode is not None:
-                hidden = self.cpu_decode(forward_batch)  # None where it has no plan
-                if hidden is not None:
-                    return self.logits_processor(hidden, forward_batch)
+                return self.logits_processor(self.cpu_decode(forward_batch), forward_batch)
             self.attn_backend.init_forward_metadata(forward_batch)
             fb = forward_batch
             hidden = self.model(fb.input_ids, fb.positions, fb)  # [T, hidden]

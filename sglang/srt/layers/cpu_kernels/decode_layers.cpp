@@ -8,6 +8,7 @@
 // (its "route": see linear_route there). A plan is built per batch size by
 // model_executor/cpu_decode.py.
 
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/extension.h>
 
 #include <string>
@@ -28,7 +29,23 @@ void store_kv(torch::Tensor k_buf, torch::Tensor v_buf, torch::Tensor loc, torch
 namespace {
 
 // The route kinds of layers/linear.py (ROUTE_* there).
-enum RouteKind : int64_t { kInt4 = 0, kInt8 = 1, kBf16 = 2, kDequant = 3, kDense = 4 };
+enum RouteKind : int64_t { kInt4 = 0, kInt8 = 1, kBf16 = 2, kDequant = 3, kDense = 4, kPacked = 5 };
+
+// oneDNN's packed-weight linear (torch.ops.mkldnn._linear_pointwise), through the dispatcher
+torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& packed,
+                            const c10::optional<torch::Tensor>& bias) {
+  static const c10::OperatorHandle op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+  torch::jit::Stack stack;
+  stack.emplace_back(x);
+  stack.emplace_back(packed);
+  stack.emplace_back(bias.has_value() ? c10::IValue(*bias) : c10::IValue());
+  stack.emplace_back(std::string("none"));
+  stack.emplace_back(c10::List<c10::optional<at::Scalar>>());
+  stack.emplace_back(std::string(""));
+  op.callBoxed(&stack);
+  return stack[0].toTensor();
+}
 
 struct Route {
   int64_t kind;
@@ -54,6 +71,8 @@ struct Route {
         y = at::linear(x.to(bf16).to(w.scalar_type()), w).to(bf16).to(x.scalar_type());
         break;
       }
+      case kPacked:
+        return packed_linear(x, operands[0], bias);
       case kDense: {
         const auto& w = operands[0];
         if (w.scalar_type() != x.scalar_type()) {
