@@ -11,6 +11,7 @@ pip; the build goes to ~/.cache/sglang-bench/llama.cpp/, never into this reposit
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
@@ -42,21 +43,27 @@ def binary_path() -> Path | None:
     return tool_path("llama-server")
 
 
+@functools.lru_cache(maxsize=None)
+def repacking_crashes() -> bool:
+    """Whether llama.cpp's weight repacking dies on this machine (its AMX path segfaults on some
+    virtual machines): probed once with a tiny llama-bench run. Where it does, every tool runs
+    with repacking off, and the benchmarks say so."""
+    binary = tool_path("llama-bench")
+    if binary is None:
+        return False
+    probe = [str(binary), "-m", default_gguf_path(), "-p", "8", "-n", "0", "-r", "1"]
+    crashed = subprocess.run(probe, capture_output=True, text=True).returncode < 0
+    if crashed:
+        print("# llama.cpp: weight repacking crashes here; its tools run without it", flush=True)
+    return crashed
+
+
 def run_tool(cmd: list[str], no_repack: list[str]) -> subprocess.CompletedProcess:
-    """Run a llama.cpp tool and capture its output. Where it dies on a signal (its AMX
-    weight-repacking path segfaults on some virtual machines), run it again with `no_repack`
-    (the tool's flag turning repacking off) and say so on stderr."""
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode < 0:
-        print(
-            f"# {Path(cmd[0]).name} died on signal {-out.returncode}; "
-            f"rerun with {' '.join(no_repack)} (no weight repacking)",
-            file=sys.stderr,
-            flush=True,
-        )
-        out = subprocess.run([*cmd, *no_repack], capture_output=True, text=True)
-    out.check_returncode()
-    return out
+    """Run a llama.cpp tool, capturing its output; `no_repack` is the tool's flag that turns
+    weight repacking off, added where repacking crashes (repacking_crashes)."""
+    if repacking_crashes():
+        cmd = [*cmd, *no_repack]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True)
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> None:
@@ -169,6 +176,8 @@ def start_llama_server(
         str(port),
         *extra_args,
     ]
+    if repacking_crashes():
+        cmd.append("--no-repack")
     return ServerProcess.start(cmd, f"http://127.0.0.1:{port}", log_path=log_path, timeout=timeout)
 
 
