@@ -83,13 +83,16 @@ def test_store_kv_writes_rows_at_their_slots():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_paged_decode_attention_matches_the_torch_form(dtype):
+@pytest.mark.parametrize("batch", [2, 9])  # (2 threads: a task per query head / KV head)
+def test_paged_decode_attention_matches_the_torch_form(dtype, batch):
     g = torch.Generator().manual_seed(4)
-    k_buf = torch.randn(400, 3, 64, generator=g).to(dtype)
-    v_buf = torch.randn(400, 3, 64, generator=g).to(dtype)
-    req_to_token = torch.randperm(400, generator=g)[:360].view(3, 120).contiguous()
-    rows, lens = torch.tensor([2, 0]), torch.tensor([117, 5])
-    q = torch.randn(2, 9, 64, generator=g).to(dtype)
+    k_buf = torch.randn(1200, 3, 64, generator=g).to(dtype)
+    v_buf = torch.randn(1200, 3, 64, generator=g).to(dtype)
+    req_to_token = torch.randperm(1200, generator=g)[:1200].view(10, 120).contiguous()
+    rows = torch.randperm(10, generator=g)[:batch]
+    lens = torch.randint(1, 118, (batch,), generator=g)
+    lens[0] = 117
+    q = torch.randn(batch, 9, 64, generator=g).to(dtype)
     ours = kernels.paged_decode_attention(q, k_buf, v_buf, req_to_token, rows, lens, 0.125)
     slots, bias = attn_mod.decode_slots_and_bias(req_to_token, rows, lens, 117)
     ref = attn_mod.paged_decode_attention(q, k_buf, v_buf, slots, bias, 0.125)

@@ -1,11 +1,10 @@
 // Decode attention over the paged KV pool, read in place (CPU).
 //
-// For each request b and query head: the K and V rows of the request's tokens are found through
+// For each request b and KV head h: the K and V rows of the request's tokens are found through
 // req_to_token[req_pool_indices[b], 0 .. seq_lens[b]) and read where they lie in the pool; the
-// head is scored against every K row of its KV head, softmax in float32, then V is
-// accumulated. Work is split over (request, query head) pairs with at::parallel_for, the same
-// thread pool as PyTorch's own CPU ops (per KV head, one request's few heads would leave
-// threads idle).
+// query heads of h are scored against every K row, softmax in float32, then V is accumulated.
+// Work is split with at::parallel_for (the thread pool of PyTorch's own CPU ops) over (request,
+// KV head) pairs, or over (request, query head) pairs when there are too few of those.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -50,45 +49,63 @@ inline float exp_nonpositive(float x) {
   return p * scale;
 }
 
-// One task per (request, query head): K/V rows of its KV head are read where they lie.
+// One task per (request, KV head) when there are enough of them to keep the threads busy: the
+// task's query heads share each read of a K/V row. With few requests (one stream has 3 KV heads
+// for 2+ threads), one task per (request, query head) instead.
 template <typename T>
 void decode_kernel(const T* q, const T* k, const T* v, const int64_t* req_to_token,
                    const int64_t* rows, const int64_t* lens, T* out, int64_t batch,
                    int64_t heads, int64_t kv_heads, int64_t dim, int64_t row_stride,
                    int64_t slot_stride, float scale) {
   const int64_t group = heads / kv_heads;
-  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> qf(dim), acc(dim), scores;
+  const bool per_query_head = batch * kv_heads < 4 * at::get_num_threads();
+  const int64_t split = per_query_head ? group : 1, width = group / split;
+  at::parallel_for(0, batch * kv_heads * split, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> qf(width * dim), acc(width * dim), scores, mx(width), sum(width);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / heads, head = task % heads, h = head / group;
+      const int64_t b = task / (kv_heads * split), h = (task / split) % kv_heads;
+      const int64_t first = h * group + (task % split) * width;  // its first query head
       const int64_t len = lens[b];
       const int64_t* slots = req_to_token + rows[b] * row_stride;
-      const T* qh = q + (b * heads + head) * dim;
-      for (int64_t d = 0; d < dim; ++d) qf[d] = to_float<T>(qh[d]) * scale;
-      scores.resize(len);
-      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t g = 0; g < width; ++g) {
+        const T* qh = q + (b * heads + first + g) * dim;
+        for (int64_t d = 0; d < dim; ++d) qf[g * dim + d] = to_float<T>(qh[d]) * scale;
+      }
+      scores.resize(width * len);
+      std::fill(mx.begin(), mx.end(), -std::numeric_limits<float>::infinity());
       for (int64_t t = 0; t < len; ++t) {  // scores = q . K
         const T* kr = k + slots[t] * slot_stride + h * dim;
-        float s = 0.f;
-        for (int64_t d = 0; d < dim; ++d) s += qf[d] * to_float<T>(kr[d]);
-        scores[t] = s;
-        mx = s > mx ? s : mx;
+        for (int64_t g = 0; g < width; ++g) {
+          const float* qg = qf.data() + g * dim;
+          float s = 0.f;
+          for (int64_t d = 0; d < dim; ++d) s += qg[d] * to_float<T>(kr[d]);
+          scores[g * len + t] = s;
+          mx[g] = s > mx[g] ? s : mx[g];
+        }
       }
-      float sum = 0.f;  // softmax
-      for (int64_t t = 0; t < len; ++t) {
-        const float e = exp_nonpositive(scores[t] - mx);
-        scores[t] = e;
-        sum += e;
+      for (int64_t g = 0; g < width; ++g) {  // softmax numerators and their sums
+        float* sg = scores.data() + g * len;
+        float total = 0.f;
+        for (int64_t t = 0; t < len; ++t) {
+          const float e = exp_nonpositive(sg[t] - mx[g]);
+          sg[t] = e;
+          total += e;
+        }
+        sum[g] = total;
       }
-      const float inv = 1.f / sum;
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t t = 0; t < len; ++t) {  // out = P V
         const T* vr = v + slots[t] * slot_stride + h * dim;
-        const float p = scores[t] * inv;
-        for (int64_t d = 0; d < dim; ++d) acc[d] += p * to_float<T>(vr[d]);
+        for (int64_t g = 0; g < width; ++g) {
+          const float p = scores[g * len + t] / sum[g];
+          float* ag = acc.data() + g * dim;
+          for (int64_t d = 0; d < dim; ++d) ag[d] += p * to_float<T>(vr[d]);
+        }
       }
-      T* o = out + (b * heads + head) * dim;
-      for (int64_t d = 0; d < dim; ++d) o[d] = static_cast<T>(acc[d]);
+      for (int64_t g = 0; g < width; ++g) {
+        T* o = out + (b * heads + first + g) * dim;
+        for (int64_t d = 0; d < dim; ++d) o[d] = static_cast<T>(acc[g * dim + d]);
+      }
     }
   });
 }
