@@ -18,7 +18,6 @@ import argparse
 import math
 import os
 import re
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +30,7 @@ from common import (  # noqa: E402
     run_concurrently,
     start_sglang_server,
 )
-from llama_cpp import start_llama_server, tool_path  # noqa: E402
+from llama_cpp import run_tool, start_llama_server, tool_path  # noqa: E402
 
 TEXT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "gsm8k_60.txt")
 MODES = ["none", "int8", "int4", "auto"]
@@ -89,9 +88,7 @@ def llama_perplexity(ctx: int, threads: int) -> float | None:
         print("# llama-perplexity is not built (python benchmark/llama_cpp.py build)")
         return None
     cmd = [str(binary), "-m", default_gguf_path(), "-f", TEXT, "-c", str(ctx), "-b", str(ctx)]
-    out = subprocess.run(
-        [*cmd, "-t", str(threads)], capture_output=True, text=True, check=True
-    ).stderr
+    out = run_tool([*cmd, "-t", str(threads)], ["--no-repack"]).stderr
     found = re.search(r"Final estimate: PPL = ([0-9.]+)", out)
     return float(found.group(1)) if found else None
 
