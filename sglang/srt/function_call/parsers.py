@@ -107,12 +107,10 @@ def _leading_holdback(text: str) -> int:
     return len(text) if not text.strip() else 0
 
 
-class HermesParser(ToolCallParser):
-    """`<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`, one block per call."""
+class _MarkerParser(ToolCallParser):
+    """A format whose calls begin with the marker START, anywhere in the text."""
 
-    name = "hermes"
-    START, END = "<tool_call>", "</tool_call>"
-    _BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+    START = ""
 
     def call_start(self, text: str) -> Optional[int]:
         i = text.find(self.START)
@@ -120,6 +118,14 @@ class HermesParser(ToolCallParser):
 
     def holdback(self, text: str) -> int:
         return _prefix_holdback(text, self.START)
+
+
+class HermesParser(_MarkerParser):
+    """`<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`, one block per call."""
+
+    name = "hermes"
+    START, END = "<tool_call>", "</tool_call>"
+    _BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 
     def parse_section(self, section: str) -> Optional[list[ToolCall]]:
         blocks = self._BLOCK.findall(section)
@@ -157,18 +163,11 @@ class Qwen25Parser(HermesParser):
     name = "qwen25"
 
 
-class MistralParser(ToolCallParser):
+class MistralParser(_MarkerParser):
     """`[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]`."""
 
     name = "mistral"
     START = "[TOOL_CALLS]"
-
-    def call_start(self, text: str) -> Optional[int]:
-        i = text.find(self.START)
-        return None if i < 0 else i
-
-    def holdback(self, text: str) -> int:
-        return _prefix_holdback(text, self.START)
 
     def parse_section(self, section: str) -> Optional[list[ToolCall]]:
         try:

@@ -23,6 +23,7 @@ from typing import Optional
 
 logger = logging.getLogger(__name__)
 
+_HEADERS = ("kernels.h",)  # included by the sources: part of the build key
 _BUILD_FLAGS_VERSION = "2"  # bump when the compiler flags below change
 _SOURCES = ("bindings.cpp", "paged_attention.cpp", "fused_ops.cpp", "decode_layers.cpp")
 
@@ -43,7 +44,7 @@ def _build_key() -> str:
 
     h = hashlib.sha256()
     here = os.path.dirname(os.path.abspath(__file__))
-    for name in _SOURCES:
+    for name in (*_SOURCES, *_HEADERS):
         with open(os.path.join(here, name), "rb") as f:
             h.update(f.read())
     h.update(torch.__version__.encode())

@@ -9,22 +9,11 @@
 // model_executor/cpu_decode.py.
 
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/extension.h>
+
+#include "kernels.h"
 
 #include <string>
 #include <vector>
-
-torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_buf, torch::Tensor v_buf,
-                                     torch::Tensor req_to_token, torch::Tensor req_pool_indices,
-                                     torch::Tensor seq_lens, double scale);
-torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps);
-std::vector<torch::Tensor> add_rms_norm(torch::Tensor x, torch::Tensor residual, torch::Tensor w,
-                                        double eps);
-torch::Tensor silu_and_mul(torch::Tensor x);
-torch::Tensor rotary(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin,
-                     torch::Tensor positions, int64_t heads, int64_t dim);
-void store_kv(torch::Tensor k_buf, torch::Tensor v_buf, torch::Tensor loc, torch::Tensor k,
-              torch::Tensor v);
 
 namespace {
 

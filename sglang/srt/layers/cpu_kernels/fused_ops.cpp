@@ -7,8 +7,9 @@
 // small torch ops each replaces: at one decode row the per-op overhead, not the arithmetic, is
 // the cost. Rows are split over at::parallel_for, the thread pool of PyTorch's own CPU ops.
 
-#include <torch/extension.h>
 #include <ATen/Parallel.h>
+
+#include "kernels.h"
 
 #include <cmath>
 #include <cstdint>
@@ -20,58 +21,9 @@
 
 namespace {
 
-// ---- storage dtype <-> float (bfloat16 by bit operations, which gcc vectorizes) -------------
-
-template <typename T>
-inline float load(T x) {
-  return static_cast<float>(x);
-}
-template <>
-inline float load<at::BFloat16>(at::BFloat16 x) {
-  uint32_t u = static_cast<uint32_t>(x.x) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-template <typename T>
-inline T store(float f) {
-  return static_cast<T>(f);
-}
-template <>
-inline at::BFloat16 store<at::BFloat16>(float f) {  // round to nearest even, NaN kept quiet
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  at::BFloat16 r;
-  r.x = (f != f) ? static_cast<uint16_t>(0x7fc0)
-                 : static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-  return r;
-}
-
-template <typename T>
-inline float round_trip(float f) {  // f rounded to T and back
-  return load<T>(store<T>(f));
-}
-
-// exp for the SiLU: Cody-Waite range reduction and a degree-6 polynomial (< 2 ulp in float32,
-// far below a bfloat16 ulp); plain arithmetic so that the loop vectorizes.
-inline float fast_exp(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float n = std::nearbyint(x * 1.44269504088896341f);
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
+using sgl::load;
+using sgl::round_trip;
+using sgl::store;
 
 template <typename T>
 void rms_rows(const T* x, const T* residual, const T* w, T* out, T* sum_out, int64_t rows,
@@ -112,7 +64,7 @@ void silu_mul_rows(const T* x, T* out, int64_t rows, int64_t inter) {
       T* o = out + r * inter;
       for (int64_t i = 0; i < inter; ++i) {
         const float g = load<T>(gate[i]);
-        const float silu = round_trip<T>(g / (1.f + fast_exp(-g)));
+        const float silu = round_trip<T>(g / (1.f + sgl::exp_approx(-g)));
         o[i] = store<T>(silu * load<T>(up[i]));
       }
     }

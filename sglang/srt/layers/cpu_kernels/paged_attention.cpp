@@ -6,8 +6,9 @@
 // Work is split with at::parallel_for (the thread pool of PyTorch's own CPU ops) over (request,
 // KV head) pairs, or over (request, query head) pairs when there are too few of those.
 
-#include <torch/extension.h>
 #include <ATen/Parallel.h>
+
+#include "kernels.h"
 
 #include <cmath>
 #include <cstdint>
@@ -16,38 +17,6 @@
 #include <vector>
 
 namespace {
-
-template <typename T>
-inline float to_float(T x) {
-  return static_cast<float>(x);
-}
-template <>
-inline float to_float<at::BFloat16>(at::BFloat16 x) {  // a shift, which gcc vectorizes
-  uint32_t u = static_cast<uint32_t>(x.x) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-// exp on the softmax's (x - max) <= 0: range reduction and a degree-6 polynomial, < 2 ulp in
-// float32; plain arithmetic so that the loop vectorizes.
-inline float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float n = std::nearbyint(x * 1.44269504088896341f);
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
 
 // One task per (request, KV head) when there are enough of them to keep the threads busy: the
 // task's query heads share each read of a K/V row. With few requests (one stream has 3 KV heads
@@ -69,7 +38,7 @@ void decode_kernel(const T* q, const T* k, const T* v, const int64_t* req_to_tok
       const int64_t* slots = req_to_token + rows[b] * row_stride;
       for (int64_t g = 0; g < width; ++g) {
         const T* qh = q + (b * heads + first + g) * dim;
-        for (int64_t d = 0; d < dim; ++d) qf[g * dim + d] = to_float<T>(qh[d]) * scale;
+        for (int64_t d = 0; d < dim; ++d) qf[g * dim + d] = sgl::load<T>(qh[d]) * scale;
       }
       scores.resize(width * len);
       std::fill(mx.begin(), mx.end(), -std::numeric_limits<float>::infinity());
@@ -78,7 +47,7 @@ void decode_kernel(const T* q, const T* k, const T* v, const int64_t* req_to_tok
         for (int64_t g = 0; g < width; ++g) {
           const float* qg = qf.data() + g * dim;
           float s = 0.f;
-          for (int64_t d = 0; d < dim; ++d) s += qg[d] * to_float<T>(kr[d]);
+          for (int64_t d = 0; d < dim; ++d) s += qg[d] * sgl::load<T>(kr[d]);
           scores[g * len + t] = s;
           mx[g] = s > mx[g] ? s : mx[g];
         }
@@ -87,7 +56,7 @@ void decode_kernel(const T* q, const T* k, const T* v, const int64_t* req_to_tok
         float* sg = scores.data() + g * len;
         float total = 0.f;
         for (int64_t t = 0; t < len; ++t) {
-          const float e = exp_nonpositive(sg[t] - mx[g]);
+          const float e = sgl::exp_approx(sg[t] - mx[g]);
           sg[t] = e;
           total += e;
         }
@@ -99,7 +68,7 @@ void decode_kernel(const T* q, const T* k, const T* v, const int64_t* req_to_tok
         for (int64_t g = 0; g < width; ++g) {
           const float p = scores[g * len + t] / sum[g];
           float* ag = acc.data() + g * dim;
-          for (int64_t d = 0; d < dim; ++d) ag[d] += p * to_float<T>(vr[d]);
+          for (int64_t d = 0; d < dim; ++d) ag[d] += p * sgl::load<T>(vr[d]);
         }
       }
       for (int64_t g = 0; g < width; ++g) {
