@@ -17,47 +17,23 @@ import time
 
 import torch
 
+from sglang.bench_one_batch import StaticBatch
 from sglang.srt.model_executor.forward_batch import ForwardBatch, ForwardMode
 from sglang.srt.model_executor.model_runner import ModelRunner
 from sglang.srt.server_args import ServerArgs
 
 
-class Requests:
-    """Rows and KV slots for a set of synthetic requests on one runner."""
+class Requests(StaticBatch):
+    """A StaticBatch of synthetic requests with `context` KV slots each, allocated, not computed."""
 
     def __init__(self, runner: ModelRunner, batch: int, context: int) -> None:
-        self.runner = runner
-        pool = runner.req_to_token_pool
-        self.rows = [pool.alloc() for _ in range(batch)]
-        self.lens = [0] * batch
+        super().__init__(runner, batch)
         if context:
-            self.batch(ForwardMode.EXTEND, [context] * batch)  # reserve slots only
+            self.reserve([context] * batch)
 
     def batch(self, mode: ForwardMode, new: list[int]) -> ForwardBatch:
-        """A ForwardBatch adding new[i] tokens to request i (token ids are arbitrary)."""
-        pool, alloc = self.runner.req_to_token_pool, self.runner.token_to_kv_pool_allocator
-        locs, positions = [], []
-        for i, n in enumerate(new):
-            slots = alloc.alloc(n)
-            assert slots is not None, "KV pool too small for the benchmark"
-            pool.req_to_token[self.rows[i], self.lens[i] : self.lens[i] + n] = slots
-            locs.append(slots)
-            positions.append(torch.arange(self.lens[i], self.lens[i] + n))
-            self.lens[i] += n
-        prefix = [length - n for length, n in zip(self.lens, new)]
-        return ForwardBatch(
-            mode=mode,
-            batch_size=len(new),
-            input_ids=torch.randint(100, 1000, (sum(new),)),
-            positions=torch.cat(positions),
-            out_cache_loc=torch.cat(locs),
-            req_pool_indices=torch.tensor(self.rows),
-            seq_lens=torch.tensor(self.lens),
-            req_to_token=pool.req_to_token,
-            seq_lens_cpu=list(self.lens),
-            extend_prefix_lens_cpu=prefix,
-            extend_seq_lens_cpu=list(new),
-        )
+        """A ForwardBatch adding new[i] arbitrary tokens to request i."""
+        return self.forward_batch(mode, [torch.randint(100, 1000, (n,)).tolist() for n in new])
 
 
 def fresh(runner: ModelRunner) -> None:
