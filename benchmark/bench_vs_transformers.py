@@ -10,9 +10,9 @@ Three figures, each against a baseline measured in the same command:
 Baseline: transformers `AutoModelForCausalLM` in bf16 on the same GGUF weights (dequantized
 once and cached as safetensors under ~/.cache/sglang-bench/), `generate` with left padding.
 
-    python benchmark/bench_serving.py                    # ours + baseline
-    python benchmark/bench_serving.py --skip-baseline    # ours only
-    python benchmark/bench_serving.py --url http://127.0.0.1:30000 --skip-baseline
+    python benchmark/bench_vs_transformers.py                    # ours + baseline
+    python benchmark/bench_vs_transformers.py --skip-baseline    # ours only
+    python benchmark/bench_vs_transformers.py --url http://127.0.0.1:30000 --skip-baseline
 """
 
 from __future__ import annotations
