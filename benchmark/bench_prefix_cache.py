@@ -92,7 +92,7 @@ class MCQuestion:
         return "\n".join(lines) + "\nAnswer:" + tail
 
 
-def _mc_question(rng: random.Random) -> MCQuestion:
+def mc_question(rng: random.Random) -> MCQuestion:
     name, (item, place) = rng.choice(_NAMES), rng.choice(_ITEMS)
     subject = rng.choice(_SUBJECTS)
     a, b = rng.randint(12, 89), rng.randint(3, 49)
@@ -120,12 +120,12 @@ def _mc_question(rng: random.Random) -> MCQuestion:
 def mmlu_workload(num_questions: int, seed: int = 0) -> tuple[str, list[MCQuestion]]:
     """The shared few-shot prefix and the questions asked behind it."""
     rng = random.Random(seed)
-    shots = [_mc_question(rng) for _ in range(NUM_SHOTS)]
+    shots = [mc_question(rng) for _ in range(NUM_SHOTS)]
     prefix = (
         "The following are multiple choice questions (with answers) about arithmetic.\n\n"
         + "".join(q.render(with_answer=True) for q in shots)
     )
-    return prefix, [_mc_question(rng) for _ in range(num_questions)]
+    return prefix, [mc_question(rng) for _ in range(num_questions)]
 
 
 # ---------------------------------------------------------------- the HellaSwag-style workload
@@ -268,13 +268,24 @@ def ask_mmlu(url: str, prefix: str, q: MCQuestion) -> Answer:
 
 def ask_hellaswag(url: str, prefix: str, q: EndingQuestion) -> Answer:
     """`select` over HTTP as SPEC.md §3: cache the context, then score the 4 continuations."""
-    context = prefix + q.context
+    best, metas = select_over_http(url, prefix + q.context, q.endings)
+    return Answer(
+        best,
+        best == q.label,
+        sum(m["prompt_tokens"] for m in metas),
+        sum(m.get("cached_tokens", 0) for m in metas),
+    )
+
+
+def select_over_http(url: str, context: str, choices: list[str]) -> tuple[int, list[dict]]:
+    """SPEC.md §3's `select` on our server: (index of the best choice by mean token logprob,
+    the meta_info of every request it sent)."""
     first = generate(url, {"text": context, "sampling_params": {"max_new_tokens": 0}})
     n_ctx = first["meta_info"]["prompt_tokens"]
     outs = generate(
         url,
         {
-            "text": [context + e for e in q.endings],
+            "text": [context + c for c in choices],
             "sampling_params": {"max_new_tokens": 0},
             "return_logprob": True,
             "logprob_start_len": max(n_ctx - 2, 0),
@@ -282,13 +293,7 @@ def ask_hellaswag(url: str, prefix: str, q: EndingQuestion) -> Answer:
     )
     scores = [_mean_choice_logprob(o["meta_info"], n_ctx) for o in outs]
     best = max(range(len(scores)), key=scores.__getitem__)
-    metas = [first["meta_info"]] + [o["meta_info"] for o in outs]
-    return Answer(
-        best,
-        best == q.label,
-        sum(m["prompt_tokens"] for m in metas),
-        sum(m.get("cached_tokens", 0) for m in metas),
-    )
+    return best, [first["meta_info"]] + [o["meta_info"] for o in outs]
 
 
 def _mean_choice_logprob(meta: dict, n_ctx: int) -> float:
