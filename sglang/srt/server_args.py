@@ -26,6 +26,9 @@ class ServerArgs:
     disable_torch_compile: bool = False
     device: str = "auto"  # auto | cpu | cuda
     trust_remote_code: bool = False
+    # Serve an embedding model (/encode, /v1/embeddings) instead of generating; a base-model
+    # architecture (Qwen2Model, LlamaModel, ...) is served as one without this flag.
+    is_embedding: bool = False
 
     # HTTP
     host: str = "127.0.0.1"
@@ -102,7 +105,9 @@ class ServerArgs:
         if self.enable_torch_compile and self.disable_torch_compile:
             raise ValueError("enable_torch_compile and disable_torch_compile: pick one")
         if self.chunked_prefill_size <= 0:
-            raise ValueError(f"chunked_prefill_size={self.chunked_prefill_size!r}: must be positive")
+            raise ValueError(
+                f"chunked_prefill_size={self.chunked_prefill_size!r}: must be positive"
+            )
         if not 0 < self.port < 65536:
             raise ValueError(f"port={self.port!r}: must be in 1..65535")
 
@@ -152,7 +157,6 @@ def prepare_server_args(argv: list[str]) -> ServerArgs:
     parser = argparse.ArgumentParser(prog="python -m sglang.launch_server")
     ServerArgs.add_cli_args(parser)
     return ServerArgs.from_cli_args(parser.parse_args(argv))
-
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """Messages between the tokenizer manager (HTTP process) and the scheduler process.
 
 Each message is a small dataclass sent pickled over ZMQ. The tokenizer manager sends
-TokenizedGenerateReqInput / AbortReq / FlushCacheReq / GetServerInfoReq; the scheduler answers
-with BatchReqOutput once per step (for every request that produced something) and with the
-*Reply messages. What a request produced stays typed (FinishReason, TokenLogprob, LogprobEntry,
-GenerateOutput) until the HTTP edge turns it into JSON with `to_json()`.
+TokenizedGenerateReqInput (or, to an embedding model, TokenizedEmbeddingReqInput) / AbortReq /
+FlushCacheReq / GetServerInfoReq; the scheduler answers with BatchReqOutput once per step (for
+every request that produced something) and with the *Reply messages. What a request produced
+stays typed (FinishReason, TokenLogprob, LogprobEntry, GenerateOutput, EmbeddingOutput) until
+the HTTP edge turns it into JSON with `to_json()`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,30 @@ class TokenizedGenerateReqInput:
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
     stream: bool = False
+
+
+@dataclass
+class EmbeddingReqInput:
+    """The body of POST /encode (one prompt or a batch), as the HTTP layer received it."""
+
+    text: Optional[Union[str, list[str]]] = None
+    input_ids: Optional[Union[list[int], list[list[int]]]] = None
+    rid: Optional[Union[str, list[str]]] = None
+    # Matryoshka truncation: keep the first `dimensions` values (models that allow it)
+    dimensions: Optional[int] = None
+    log_metrics: bool = True
+    # SGLang's dummy field "for compatibility": accepted and ignored, as there
+    sampling_params: Optional[Union[dict[str, Any], list[dict[str, Any]]]] = None
+
+
+@dataclass
+class TokenizedEmbeddingReqInput:
+    """One embedding request, validated and tokenized (a batch becomes several of these)."""
+
+    rid: str
+    input_text: Optional[str]
+    input_ids: list[int]
+    dimensions: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +145,24 @@ class ReqOutput:
     input_top_logprobs: Optional[list[Optional[list[TokenLogprob]]]] = None
     output_token_logprobs: Optional[list[TokenLogprob]] = None
     output_top_logprobs: Optional[list[list[TokenLogprob]]] = None
+    # An embedding request's pooled embedding, sent once when it finishes.
+    embedding: Optional[list[float]] = None
+
+
+@dataclass
+class EmbeddingOutput:
+    """One embedding request's result, as the tokenizer manager hands it to routes."""
+
+    rid: str
+    embedding: list[float]
+    prompt_tokens: int
+    finish_reason: Optional[FinishReason]
+
+    def to_json(self) -> dict[str, Any]:
+        """The native /encode shape: {"embedding", "meta_info": {"id", "finish_reason", ...}}."""
+        reason = None if self.finish_reason is None else self.finish_reason.to_json()
+        meta = {"id": self.rid, "finish_reason": reason, "prompt_tokens": self.prompt_tokens}
+        return {"embedding": list(self.embedding), "meta_info": meta}
 
 
 @dataclass
@@ -146,7 +189,9 @@ class GenerateOutput:
         """What is new since the counts in `sent` (updated): the incremental stream chunk."""
         text_from, ids_from, lp_from = sent.get("text", 0), sent.get("ids", 0), sent.get("lp", 0)
         first = not sent
-        sent.update(text=len(self.text), ids=len(self.output_ids), lp=len(self.output_token_logprobs))
+        sent.update(
+            text=len(self.text), ids=len(self.output_ids), lp=len(self.output_token_logprobs)
+        )
         return dataclasses.replace(
             self,
             text=self.text[text_from:],
@@ -176,7 +221,11 @@ class GenerateOutput:
             meta["output_token_logprobs_length"] = (
                 len(self.output_token_logprobs) if total is None else total
             )
-        out: dict[str, Any] = {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
+        out: dict[str, Any] = {
+            "text": self.text,
+            "output_ids": list(self.output_ids),
+            "meta_info": meta,
+        }
         if self.index is not None:
             out["index"] = self.index
         return out
@@ -186,7 +235,9 @@ def _entries_json(entries: Optional[list[LogprobEntry]]) -> Optional[list[list[A
     return None if entries is None else [list(e) for e in entries]
 
 
-def outputs_json(out: Union[GenerateOutput, list[GenerateOutput]]) -> Any:
+def outputs_json(
+    out: Union[GenerateOutput, EmbeddingOutput, list[GenerateOutput], list[EmbeddingOutput]],
+) -> Any:
     """`to_json()` of one output or of a batch's list of them."""
     if isinstance(out, list):
         return [o.to_json() for o in out]

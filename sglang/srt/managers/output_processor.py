@@ -146,6 +146,7 @@ class OutputProcessor:
             prompt_tokens=len(req.origin_input_ids),
             completion_tokens=len(req.output_ids),
             cached_tokens=req.kv.cached_tokens,
+            embedding=req.pooling.embedding if req.pooling is not None else None,
         )
         req.out.pending_text, req.out.sent_ids_len = "", len(req.output_ids)
         if req.return_logprob:

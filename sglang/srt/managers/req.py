@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
-from sglang.srt.managers.io_struct import FinishReason, TokenizedGenerateReqInput, TokenLogprob
+from sglang.srt.layers.pooler import PoolState
+from sglang.srt.managers.io_struct import (
+    FinishReason,
+    TokenizedEmbeddingReqInput,
+    TokenizedGenerateReqInput,
+    TokenLogprob,
+)
 from sglang.srt.sampling.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -86,12 +92,21 @@ class Req:
     out: OutputState = field(default_factory=OutputState)
     logprob: LogprobState = field(default_factory=LogprobState)
     grammar: GrammarState = field(default_factory=GrammarState)
+    # An embedding request's pooling (None for generation); written by the EmbeddingProcessor.
+    pooling: Optional[PoolState] = None
 
     def __post_init__(self) -> None:
         self.fill_ids = list(self.origin_input_ids) + list(self.output_ids)
 
     @classmethod
-    def from_message(cls, msg: TokenizedGenerateReqInput) -> Req:
+    def from_message(cls, msg: TokenizedGenerateReqInput | TokenizedEmbeddingReqInput) -> Req:
+        if isinstance(msg, TokenizedEmbeddingReqInput):  # prefill only: nothing is sampled
+            return cls(
+                rid=msg.rid,
+                origin_input_ids=list(msg.input_ids),
+                sampling_params=SamplingParams(max_new_tokens=0),
+                pooling=PoolState(dimensions=msg.dimensions),
+            )
         return cls(
             rid=msg.rid,
             origin_input_ids=list(msg.input_ids),
@@ -158,7 +173,10 @@ class Req:
 
     def max_prefix_len(self) -> int:
         """How much of fill_ids may come from the cache: one token must be computed to get
-        logits, and input logprobs need the hidden state before logprob_start_len."""
+        logits, input logprobs need the hidden state before logprob_start_len, and pooling
+        needs every token's hidden state."""
+        if self.pooling is not None:
+            return 0
         limit = self.seq_len - 1
         if self.wants_input_logprobs:
             limit = min(limit, max(self.logprob.start_len - 1, 0))

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import torch
 
+from sglang.srt.managers.embedding_processor import EmbeddingProcessor
 from sglang.srt.managers.io_struct import (
     AbortReq,
     FlushCacheReply,
@@ -22,6 +23,7 @@ from sglang.srt.managers.io_struct import (
     GetServerInfoReq,
     ReqOutput,
     SchedulerReady,
+    TokenizedEmbeddingReqInput,
     TokenizedGenerateReqInput,
 )
 from sglang.srt.managers.kv_manager import KVManager
@@ -57,10 +59,14 @@ class Scheduler:
         self.context_len = self.runner.model_config.context_len
         self.sampler = Sampler()
         self.grammar_backend = self._create_grammar_backend()
+        pooler = self.runner.pooler
+        self.embedder = EmbeddingProcessor(pooler) if pooler is not None else None
+        # NOTE: an embedding model caches no prompts: pooling needs every token's hidden
+        # state, so a cached prefix could never be reused.
         self.kv = KVManager(
             self.runner.req_to_token_pool,
             self.runner.token_to_kv_pool_allocator,
-            server_args.disable_radix_cache,
+            server_args.disable_radix_cache or self.embedder is not None,
         )
         self.max_running = self.kv.req_to_token_pool.size
         self.policy = SchedulePolicy(server_args, self.kv, self.max_running)
@@ -116,8 +122,18 @@ class Scheduler:
                 "model_path": self.runner.model_path,
                 "device": str(self.device),
                 "dtype": str(self.runner.dtype).replace("torch.", ""),
+                "is_generation": self.embedder is None,
+                **self._embedding_info(),
             },
         )
+
+    def _embedding_info(self) -> dict[str, Any]:
+        if self.runner.pooler is None:
+            return {}
+        return {
+            "embedding_dim": self.runner.model_config.hidden_size,
+            **self.runner.pooler.config.info(),
+        }
 
     # ---- messages ------------------------------------------------------------------------------
 
@@ -127,7 +143,7 @@ class Scheduler:
             for m in msg:
                 self.handle_message(m)
             return None
-        if isinstance(msg, TokenizedGenerateReqInput):
+        if isinstance(msg, (TokenizedGenerateReqInput, TokenizedEmbeddingReqInput)):
             self.add_request(msg)
         elif isinstance(msg, AbortReq):
             self.abort_request(msg.rid)
@@ -139,7 +155,7 @@ class Scheduler:
             logger.warning("unknown message %r", type(msg).__name__)
         return None
 
-    def add_request(self, msg: TokenizedGenerateReqInput) -> None:
+    def add_request(self, msg: TokenizedGenerateReqInput | TokenizedEmbeddingReqInput) -> None:
         req = Req.from_message(msg)
         self.output.start(req)
         error = self._admission_error(req)
@@ -159,6 +175,8 @@ class Scheduler:
                 f"the prompt ({req.seq_len} tokens) does not fit in the KV cache "
                 f"({self.allocator.size} tokens)"
             )
+        if (req.pooling is None) != (self.embedder is None):
+            return _wrong_kind_error(self.embedder is not None)
         if req.sampling_params.grammar is not None and self.grammar_backend is None:
             return "constrained decoding is disabled (--grammar-backend none)"
         return None
@@ -222,6 +240,11 @@ class Scheduler:
         self.current_activity = _describe(chunks, mode)
         loc = self.kv.allocate(chunks)
         batch = build_forward_batch(mode, chunks, loc, self.kv.table, self.device)
+        if self.embedder is not None:  # prefill only: pool the hidden states, sample nothing
+            self.embedder.process(chunks, self.runner.forward_hidden(batch))
+            self.kv.advance(chunks)
+            self.policy.ran(chunks, mode)
+            return
         logits = self.runner.forward(batch)
         self.kv.advance(chunks)
         self.logprobs.collect_input(chunks, logits)
@@ -284,7 +307,9 @@ class Scheduler:
                     future.cancel()
                     self.grammar_queue.remove(req)
                     kind = req.sampling_params.grammar[0]
-                    self._end_early(req, f"{kind} is too complex: compiling took over {limit:g}s", True)
+                    self._end_early(
+                        req, f"{kind} is too complex: compiling took over {limit:g}s", True
+                    )
                 continue
             self.grammar_queue.remove(req)
             try:
@@ -317,6 +342,12 @@ def _describe(chunks: list[ScheduledChunk], mode: ForwardMode) -> str:
     tokens = sum(c.length for c in chunks)
     rids = ", ".join(c.req.rid for c in chunks[:4]) + (", ..." if len(chunks) > 4 else "")
     return f"{mode.name.lower()} pass of {len(chunks)} request(s), {tokens} token(s): {rids}"
+
+
+def _wrong_kind_error(serves_embeddings: bool) -> str:
+    if serves_embeddings:
+        return "this server serves an embedding model (--is-embedding): it does not generate"
+    return "this server serves a generation model: start it with --is-embedding for embeddings"
 
 
 def _grammar_error(req: Req, e: Exception) -> str:

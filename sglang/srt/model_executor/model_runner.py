@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -13,6 +14,7 @@ from sglang.srt.configs.model_config import ModelConfig
 from sglang.srt.layers.attention import TorchNativeAttnBackend
 from sglang.srt.layers.linear import QUANT_MAX_ROWS, pack_linears, use_float32_dense
 from sglang.srt.layers.logits import LmHead, LogitsProcessor
+from sglang.srt.layers.pooler import Pooler, PoolingConfig
 from sglang.srt.mem_cache.memory_pool import (
     MHATokenToKVPool,
     ReqToTokenPool,
@@ -23,6 +25,7 @@ from sglang.srt.model_executor.cpu_decode import CpuDecode
 from sglang.srt.model_executor.forward_batch import ForwardBatch, ForwardMode, LogitsOutput
 from sglang.srt.model_loader.loader import load_model, resolve_gguf_file, resolve_model_path
 from sglang.srt.model_loader.quantize import QuantReport, apply_quantization
+from sglang.srt.models.registry import is_embedding_architecture
 from sglang.srt.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
@@ -53,7 +56,16 @@ class ModelRunner:
             tokenizer_path=self.tokenizer_path,
         )
         self.dtype = self.model_config.dtype
-        self.model = load_model(self.model_config, self.device)
+        arch = self.model_config.architecture
+        self.is_embedding = server_args.is_embedding or is_embedding_architecture(arch)
+        # An embedding model's passes end at the pooler: hidden states, no lm_head.
+        self.pooler: Optional[Pooler] = None
+        load_config = self.model_config
+        if self.is_embedding:
+            self.pooler = Pooler(PoolingConfig.from_folder(self.model_path))
+            # built as if tied, so no lm_head is allocated (a base-model checkpoint has none)
+            load_config = dataclasses.replace(load_config, tie_word_embeddings=True)
+        self.model = load_model(load_config, self.device)
         self.quant_report = self._prepare_weights()
         # filled by init_memory_pool()
         self.req_to_token_pool: Optional[ReqToTokenPool] = None
@@ -72,7 +84,11 @@ class ModelRunner:
             self.device,
         )
         packed = pack_linears(self.model)
-        self.logits_processor = LogitsProcessor(LmHead(self.model.lm_head_weight, lm_head_quant))
+        self.logits_processor: Optional[LogitsProcessor] = None
+        if not self.is_embedding:
+            self.logits_processor = LogitsProcessor(
+                LmHead(self.model.lm_head_weight, lm_head_quant)
+            )
         logger.info(
             "%s; dense weights: %d packed for oneDNN, %d in float32",
             report.summary(),
@@ -102,9 +118,9 @@ class ModelRunner:
         self.attn_backend = TorchNativeAttnBackend(self.token_to_kv_pool)
         self.compiled_decode = None
         self.cpu_decode = None
-        if not self.use_torch_compile:
+        if not self.use_torch_compile and not self.is_embedding:
             self.cpu_decode = CpuDecode.create(self.model, self.token_to_kv_pool)
-        if self.use_torch_compile:
+        if self.use_torch_compile and not self.is_embedding:
             self.compiled_decode = CompiledDecode(
                 self.model, self.logits_processor.lm_head, self.token_to_kv_pool
             )
@@ -123,7 +139,16 @@ class ModelRunner:
             self.attn_backend.init_forward_metadata(forward_batch)
             fb = forward_batch
             hidden = self.model(fb.input_ids, fb.positions, fb)  # [T, hidden]
+            assert self.logits_processor is not None, "an embedding model has no logits"
             return self.logits_processor(hidden, fb)
+
+    def forward_hidden(self, forward_batch: ForwardBatch) -> torch.Tensor:
+        """The final hidden states (after the last norm; no lm_head): [T, hidden]."""
+        assert self.attn_backend is not None, "call init_memory_pool() before forward_hidden()"
+        fb = forward_batch
+        with torch.inference_mode():
+            self.attn_backend.init_forward_metadata(fb)
+            return self.model(fb.input_ids, fb.positions, fb)
 
     def _warm_up_compiled(self, max_rows: int) -> None:
         """Compile the decode graphs now (batch 1, small batches, batches past QUANT_MAX_ROWS),

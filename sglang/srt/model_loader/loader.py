@@ -131,6 +131,8 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) 
         if name in ignored or name.endswith(_NEVER_LOADED):
             continue
         target, shard = _packed_target(name, packed)
+        if target not in params and f"model.{target}" in params:
+            target = f"model.{target}"  # a base-model checkpoint (embedding models ship these)
         if target not in params:
             raise ValueError(f"checkpoint tensor {name!r} has no place in {type(model).__name__}")
         start, size = _shard_rows(model, target, shard, params[target])

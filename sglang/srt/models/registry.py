@@ -1,4 +1,9 @@
-"""Model classes by Hugging Face architecture name (config.json's architectures[0])."""
+"""Model classes by Hugging Face architecture name (config.json's architectures[0]).
+
+A base-model architecture (`Qwen2Model`, `LlamaModel`, `MistralModel`, ...: a decoder saved
+without its lm_head, as embedding models ship) maps to its family's causal-LM class, so every
+family registered here serves embeddings too; such a model is served as an embedding model.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +21,27 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
 
 
 def get_model_class(architecture: str) -> type[nn.Module]:
-    if architecture not in MODEL_REGISTRY:
-        raise ValueError(
-            f"architecture {architecture!r} is not supported; supported: {sorted(MODEL_REGISTRY)}"
-        )
-    return MODEL_REGISTRY[architecture]
+    if architecture in MODEL_REGISTRY:
+        return MODEL_REGISTRY[architecture]
+    causal = _causal_lm_name(architecture)
+    if causal is not None:
+        return MODEL_REGISTRY[causal]
+    supported = sorted(MODEL_REGISTRY) + sorted(_base_model_names())
+    raise ValueError(f"architecture {architecture!r} is not supported; supported: {supported}")
+
+
+def is_embedding_architecture(architecture: str) -> bool:
+    """A base-model architecture (a decoder without lm_head): served as an embedding model."""
+    return architecture not in MODEL_REGISTRY and _causal_lm_name(architecture) is not None
+
+
+def _causal_lm_name(architecture: str) -> str | None:
+    """`Qwen2Model` -> `Qwen2ForCausalLM` when that class is registered; else None."""
+    if not architecture.endswith("Model"):
+        return None
+    name = architecture[: -len("Model")] + "ForCausalLM"
+    return name if name in MODEL_REGISTRY else None
+
+
+def _base_model_names() -> list[str]:
+    return [n[: -len("ForCausalLM")] + "Model" for n in MODEL_REGISTRY if n.endswith("ForCausalLM")]
