@@ -6,13 +6,16 @@ import dataclasses
 import re
 from pathlib import Path
 
+from sglang.srt.entrypoints.embeddings_api import EmbeddingRequest
 from sglang.srt.entrypoints.field_compat import (
     CHAT_DEFAULT_ONLY,
     COMPLETION_DEFAULT_ONLY,
+    EMBEDDINGS_DEFAULT_ONLY,
+    ENCODE_DEFAULT_ONLY,
     GENERATE_DEFAULT_ONLY,
 )
 from sglang.srt.entrypoints.openai_api import ChatCompletionRequest, CompletionRequest
-from sglang.srt.managers.io_struct import GenerateReqInput
+from sglang.srt.managers.io_struct import EmbeddingReqInput, GenerateReqInput
 from sglang.srt.sampling.sampling_params import SamplingParams
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "api-compatibility.md"
@@ -45,3 +48,10 @@ def test_openai_fields_are_documented() -> None:
     assert completion == _section("`POST /v1/completions`")
     chat_only = (set(ChatCompletionRequest.model_fields) | CHAT_DEFAULT_ONLY) - completion
     assert chat_only <= _section("`POST /v1/chat/completions`")
+
+
+def test_embedding_fields_are_documented() -> None:
+    encode = {f.name for f in dataclasses.fields(EmbeddingReqInput)} | ENCODE_DEFAULT_ONLY
+    assert encode == _section("`POST /encode`")
+    openai = set(EmbeddingRequest.model_fields) | EMBEDDINGS_DEFAULT_ONLY
+    assert openai == _section("`POST /v1/embeddings`")

@@ -12,7 +12,7 @@ import threading
 import weakref
 from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
 
-from sglang.srt.managers.io_struct import GenerateReqInput, outputs_json
+from sglang.srt.managers.io_struct import EmbeddingReqInput, GenerateReqInput, outputs_json
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
 from sglang.srt.server_args import PortArgs, ServerArgs
 
@@ -174,6 +174,27 @@ class Engine:
             chunks = await loop.run_in_executor(None, lambda: self.generate(stream=True, **kwargs))
             return _aiter_on_thread(chunks)
         return await loop.run_in_executor(None, lambda: self.generate(**kwargs))
+
+    def encode(
+        self,
+        prompt: Union[str, list[str], None] = None,
+        input_ids: Union[list[int], list[list[int]], None] = None,
+        dimensions: Optional[int] = None,
+    ) -> Union[dict, list[dict]]:
+        """Embed like POST /encode (needs an embedding model): {"embedding", "meta_info"},
+        a list of those for a batch."""
+        obj = EmbeddingReqInput(text=prompt, input_ids=input_ids, dimensions=dimensions)
+        return outputs_json(self._run(self.tokenizer_manager.encode_request(obj)))
+
+    async def async_encode(
+        self,
+        prompt: Union[str, list[str], None] = None,
+        input_ids: Union[list[int], list[list[int]], None] = None,
+        dimensions: Optional[int] = None,
+    ) -> Union[dict, list[dict]]:
+        """encode() for asyncio code (awaited on a worker thread)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.encode, prompt, input_ids, dimensions)
 
     def get_server_info(self) -> dict[str, Any]:
         return self._run(self.tokenizer_manager.get_server_info())

@@ -131,6 +131,40 @@ CHAT_DEFAULT_ONLY = _OPENAI_SHARED_DEFAULT_ONLY | frozenset(
 )
 
 
+# Fields of SGLang's EmbeddingReqInput (POST /encode) with no meaning here.
+ENCODE_DEFAULT_ONLY = frozenset(
+    {
+        "input_embeds",
+        "image_data",
+        "video_data",
+        "audio_data",
+        "embed_override_token_id",
+        "embed_overrides",
+        "modalities",
+        "is_cross_encoder_request",
+        "lora_path",
+        "lora_id",
+        "positional_embed_overrides",
+        "routing_key",
+        "http_worker_ipc",
+        "background",
+        "priority",
+        "return_pooled_hidden_states",
+        "return_prompt_token_ids",
+        "external_trace_header",
+        "received_time",
+        "multi_item_delimiter_indices",
+        "token_indices_to_pool",
+        "decision_layout",
+    }
+)
+
+# SGLang's extensions of OpenAI's embeddings request (POST /v1/embeddings) with no meaning here.
+EMBEDDINGS_DEFAULT_ONLY = frozenset(
+    {"priority", "lora_path", "embed_override_token_id", "embed_overrides"}
+)
+
+
 def pop_default_only(body: dict[str, Any], fields: frozenset[str]) -> dict[str, Any]:
     """`body` without the default-only `fields`; RequestError naming those set otherwise."""
     given = [k for k in fields if k in body]

@@ -23,6 +23,7 @@ from typing import Any, AsyncIterator, Optional
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
+from sglang.srt.entrypoints.embeddings_api import add_embedding_routes
 from sglang.srt.entrypoints.engine import launch_subprocesses
 from sglang.srt.entrypoints.field_compat import GENERATE_DEFAULT_ONLY, pop_default_only
 from sglang.srt.entrypoints.http_common import (
@@ -38,7 +39,7 @@ from sglang.srt.entrypoints.http_common import (
     sse_error,
 )
 from sglang.srt.entrypoints.openai_api import add_openai_routes
-from sglang.srt.managers.io_struct import GenerateReqInput, outputs_json
+from sglang.srt.managers.io_struct import EmbeddingReqInput, GenerateReqInput, outputs_json
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
 from sglang.srt.server_args import ServerArgs
 
@@ -68,6 +69,7 @@ def create_app(tokenizer_manager: TokenizerManager) -> FastAPI:
     _add_api_key_check(app, tm.server_args.api_key)
     _add_native_routes(app, tm)
     add_openai_routes(app, lambda: tm)
+    add_embedding_routes(app, lambda: tm)
     _add_anthropic_routes(app, tm)
     return app
 
@@ -192,7 +194,9 @@ def _generate_input(body: Any) -> GenerateReqInput:
     return GenerateReqInput(**body)
 
 
-async def _sse_stream(first: Any, gen: AsyncIterator[Any], incremental: bool) -> AsyncIterator[bytes]:
+async def _sse_stream(
+    first: Any, gen: AsyncIterator[Any], incremental: bool
+) -> AsyncIterator[bytes]:
     """Cumulative chunks, or with --incremental-streaming-output only what each one adds."""
     sent: dict[Optional[int], dict[str, int]] = {}
 
@@ -218,7 +222,7 @@ def _model_info(tm: TokenizerManager) -> dict[str, Any]:
     return {
         "model_path": tm.model_path,
         "tokenizer_path": tm.tokenizer_path,
-        "is_generation": True,
+        "is_generation": tm.is_generation,
         "chat_template": tm.chat_template,
         "served_model_name": tm.served_model_name,
         "context_length": tm.context_len,
@@ -244,6 +248,9 @@ async def _health_generate(tm: TokenizerManager, request: Request) -> Response:
 
 
 async def _last_output(tm: TokenizerManager, obj: GenerateReqInput, request: Request) -> Any:
+    if not tm.is_generation:  # an embedding model: embed the same prompt instead
+        check = EmbeddingReqInput(input_ids=obj.input_ids, rid=obj.rid, log_metrics=False)
+        return await tm.encode_request(check, request)
     last = None
     async for out in tm.generate_request(obj, request):
         last = out

@@ -39,6 +39,7 @@ class ReqState:
     input_top_logprobs: list[Optional[list[LogprobEntry]]] = field(default_factory=list)
     output_token_logprobs: list[LogprobEntry] = field(default_factory=list)
     output_top_logprobs: list[Optional[list[LogprobEntry]]] = field(default_factory=list)
+    embedding: Optional[list[float]] = None  # an embedding request's result
 
     def finish(self, reason: FinishReason) -> None:
         self.finish_reason = reason
@@ -54,6 +55,8 @@ class ReqState:
         self.prompt_tokens = out.prompt_tokens
         self.completion_tokens = out.completion_tokens
         self.cached_tokens = out.cached_tokens
+        if out.embedding is not None:
+            self.embedding = out.embedding
         if self.return_logprob:
             self._apply_logprobs(out, token_text if self.return_text else None)
         self.dirty = True

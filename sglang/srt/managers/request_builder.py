@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from sglang.srt.managers.tokenizer_manager import TokenizerManager
 
 Prompt = tuple[Optional[str], Optional[list[int]]]  # (text, None) or (None, token ids)
+NOT_A_GENERATION_SERVER = (
+    "this server serves an embedding model (--is-embedding): it does not generate; "
+    "use /encode or /v1/embeddings"
+)
 
 
 class RequestBuilder:
@@ -33,7 +37,9 @@ class RequestBuilder:
         rids = _base_rids(obj.rid, len(prompts), is_batch)
         reqs: list[TokenizedGenerateReqInput] = []
         for i, (text, ids) in enumerate(prompts):
-            params = self._sampling_params(_pick(obj.sampling_params, "sampling_params", i, prompts))
+            params = self._sampling_params(
+                _pick(obj.sampling_params, "sampling_params", i, prompts)
+            )
             if text is not None:
                 ids = self.tm.tokenize(text)
             ids = self._check_ids(ids, params)
@@ -46,6 +52,8 @@ class RequestBuilder:
         return reqs, is_batch
 
     def _prompts(self, obj: GenerateReqInput) -> tuple[list[Prompt], bool]:
+        if not self.tm.is_generation:
+            raise ValueError(NOT_A_GENERATION_SERVER)
         if obj.image_data:
             raise ValueError("image_data: the served model does not take images")
         if (obj.text is None) == (obj.input_ids is None):
@@ -205,5 +213,3 @@ def _check_logprob_args(
             f"logprob_start_len={start} is out of range for a prompt of {num_ids} tokens "
             f"(expected -1 or 0..{num_ids - 1})"
         )
-
-

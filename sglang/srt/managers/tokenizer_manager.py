@@ -17,9 +17,12 @@ from sglang.srt.managers.chat_messages import (
     normalize_messages,
     with_tools_in_text,
 )
+from sglang.srt.managers.embedding_builder import build_embedding_requests, embedding_output
 from sglang.srt.managers.io_struct import (
     AbortReq,
     BatchReqOutput,
+    EmbeddingOutput,
+    EmbeddingReqInput,
     FinishReason,
     FlushCacheReply,
     FlushCacheReq,
@@ -32,7 +35,7 @@ from sglang.srt.managers.io_struct import (
     TokenizedGenerateReqInput,
 )
 from sglang.srt.managers.req_state import ReqState
-from sglang.srt.managers.request_builder import RequestBuilder
+from sglang.srt.managers.request_builder import NOT_A_GENERATION_SERVER, RequestBuilder
 from sglang.srt.reasoning_parser import ReasoningFormat, get_reasoning_format
 from sglang.srt.server_args import PortArgs, ServerArgs
 
@@ -160,6 +163,11 @@ class TokenizerManager:
         return self.ready_info.model_info if self.ready_info is not None else {}
 
     @property
+    def is_generation(self) -> bool:
+        """False when the served model is an embedding model (--is-embedding)."""
+        return bool(self.model_info.get("is_generation", True))
+
+    @property
     def vocab_size(self) -> int:
         return int(self.model_info.get("vocab_size") or len(self.tokenizer))
 
@@ -193,6 +201,8 @@ class TokenizerManager:
         them described in the system message); `template_kwargs` become template variables
         (e.g. enable_thinking).
         """
+        if not self.is_generation:  # checked first: a template would not help
+            raise ValueError(NOT_A_GENERATION_SERVER)
         template = self.chat_template
         if template is None:
             raise ValueError(
@@ -247,6 +257,27 @@ class TokenizerManager:
             logger.info("client disconnected; aborting %s", [s.rid for s in states])
         finally:
             self._release(states)
+
+    async def encode_request(
+        self, obj: EmbeddingReqInput, request: Optional[fastapi.Request] = None
+    ) -> Union[EmbeddingOutput, list[EmbeddingOutput]]:
+        """Run one /encode body: each prompt's pooled embedding (a list for a batch)."""
+        await self._require_ready()
+        reqs, is_batch = build_embedding_requests(self, obj)
+        event = asyncio.Event()
+        states = [ReqState(r.rid, event, prompt_tokens=len(r.input_ids)) for r in reqs]
+        self.rid_to_state.update((s.rid, s) for s in states)
+        try:
+            self._send(reqs)
+            async for _ in self._updates(states, request):
+                pass
+            self._check_outcome(states)
+        except _ClientDisconnected:
+            raise RuntimeError("the client disconnected") from None
+        finally:
+            self._release(states)
+        outs = [embedding_output(s) for s in states]
+        return outs if is_batch else outs[0]
 
     async def _outputs(
         self, states: list[ReqState], is_batch: bool, stream: bool, request: Any
