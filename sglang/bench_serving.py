@@ -56,6 +56,7 @@ class RequestOutput:
     success: bool = False
     generated_text: str = ""
     output_len: int = 0  # tokens the server reported (0: unknown, retokenized instead)
+    server_prompt_len: int = 0  # prompt tokens the server reported (chat templates included)
     cached_tokens: int = 0
     ttft: float = 0.0
     latency: float = 0.0
@@ -279,17 +280,27 @@ BACKENDS: dict[str, Api] = {
 }
 
 
-def _usage(chunk: dict) -> tuple[Optional[int], Optional[int]]:
-    """(completion tokens, cached prompt tokens) where the chunk reports them."""
+@dataclass
+class Usage:
+    """Token counts a reply chunk reports (None: not in this chunk)."""
+
+    completion: Optional[int] = None
+    prompt: Optional[int] = None
+    cached: Optional[int] = None
+
+
+def _usage(chunk: dict) -> Usage:
     meta = chunk.get("meta_info")
     if meta:
-        return meta.get("completion_tokens"), meta.get("cached_tokens")
+        return Usage(
+            meta.get("completion_tokens"), meta.get("prompt_tokens"), meta.get("cached_tokens")
+        )
     usage = chunk.get("usage") or {}
     details = usage.get("prompt_tokens_details") or {}
     cached = details.get("cached_tokens")
     if cached is None and "timings" in chunk:  # llama.cpp's own accounting
         cached = chunk["timings"].get("cache_n")
-    return usage.get("completion_tokens"), cached
+    return Usage(usage.get("completion_tokens"), usage.get("prompt_tokens"), cached)
 
 
 # ---------------------------------------------------------------- sending
@@ -304,9 +315,11 @@ class _Reply:
 
     def add(self, chunk: dict, now: float) -> None:
         text = self.api.text_of(chunk)
-        tokens, cached = _usage(chunk)
-        self.out.cached_tokens = cached if cached is not None else self.out.cached_tokens
-        new_tokens = (tokens or 0) - self.out.output_len if tokens else 0
+        usage = _usage(chunk)
+        self.out.cached_tokens = _newer(usage.cached, self.out.cached_tokens)
+        self.out.server_prompt_len = _newer(usage.prompt, self.out.server_prompt_len)
+        tokens = usage.completion
+        new_tokens = tokens - self.out.output_len if tokens else 0
         self.out.output_len = tokens or self.out.output_len
         grown = text if self.api.cumulative else self.out.generated_text + text
         if len(grown) > len(self.out.generated_text) or new_tokens > 0:
@@ -322,11 +335,17 @@ class _Reply:
             self.out.itl += [(now - self.last) / n_tokens] * n_tokens
         self.last = now
 
-    def finish(self, now: float) -> RequestOutput:
+    def finish(self, now: float, streamed: bool) -> RequestOutput:
+        """The request is done; unstreamed, its first token came with its last."""
         self.out.latency = now - self.start
-        self.out.ttft = self.out.ttft or self.out.latency
+        if not streamed or not self.out.ttft:
+            self.out.ttft, self.out.itl = self.out.latency, []
         self.out.success = True
         return self.out
+
+
+def _newer(value: Optional[int], old: int) -> int:
+    return old if value is None else value
 
 
 async def _sse_events(resp: Any) -> AsyncIterator[dict]:
@@ -357,7 +376,7 @@ async def send_request(
                     reply.add(chunk, time.perf_counter())
             else:
                 reply.add(await resp.json(), time.perf_counter())
-        return reply.finish(time.perf_counter())
+        return reply.finish(time.perf_counter(), bool(body.get("stream")))
     except Exception as e:  # noqa: BLE001 - a failed request is a result, not a crash
         reply.out.error = f"{type(e).__name__}: {e}"
         return reply.out
@@ -438,6 +457,8 @@ def calculate_metrics(outputs: list[RequestOutput], seconds: float, tokenizer: A
     total_out = sum(out_lens)
     tpots = [(o.latency - o.ttft) / (n - 1) for o, n in zip(ok, out_lens) if n > 1]
     cached = sum(o.cached_tokens for o in ok)
+    # the share of what the server prefilled: its own prompt count includes chat templates
+    server_in = sum(o.server_prompt_len or o.prompt_len for o in ok)
     return {
         "duration": seconds,
         "completed": len(ok),
@@ -454,7 +475,7 @@ def calculate_metrics(outputs: list[RequestOutput], seconds: float, tokenizer: A
         **_stats("tpot", tpots, (99,)),
         **_stats("itl", [x for o in ok for x in o.itl], (95, 99)),
         "total_cached_tokens": cached,
-        "cache_hit_rate": cached / total_in if total_in else 0.0,
+        "cache_hit_rate": cached / server_in if server_in else 0.0,
     }
 
 
