@@ -49,6 +49,7 @@ from common import (  # noqa: E402
 )
 from paper_workloads import (  # noqa: E402
     WORKLOADS,
+    Ask,
     Client,
     ItemResult,
     LlamaClient,
@@ -161,7 +162,7 @@ def run_sweep(url: str, backend: str, server: str, args: argparse.Namespace) -> 
 
 def run_server(client: Client, backend: str, args: argparse.Namespace) -> dict[str, list]:
     """The selected workloads, then the sweep, on one running server."""
-    client.complete("Warm-up: the sky is", 2)
+    client.complete(Ask("Warm-up: the sky is", 2))
     workloads = []
     for name in _names(args.workloads):
         if isinstance(client, OursClient):

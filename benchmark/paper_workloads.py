@@ -53,18 +53,23 @@ class Completion:
     output_tokens: int = 0
 
 
+@dataclass
+class Ask:
+    """One greedy completion request, as both servers take it."""
+
+    prompt: str
+    max_tokens: int
+    stop: Optional[list[str]] = None
+    json_schema: Optional[dict] = None
+    grammar: Optional[str] = None  # GBNF (llama.cpp only)
+
+
 class Client(Protocol):
     """A server the workloads can talk to."""
 
     name: str
 
-    def complete(
-        self,
-        prompt: str,
-        max_tokens: int,
-        stop: Optional[list[str]] = None,
-        json_schema: Optional[dict] = None,
-    ) -> Completion: ...
+    def complete(self, ask: Ask) -> Completion: ...
 
     def choose(self, context: str, choices: list[str]) -> tuple[int, list[Completion]]: ...
 
@@ -76,19 +81,13 @@ class OursClient:
     url: str
     name: str = "sglang"
 
-    def complete(
-        self,
-        prompt: str,
-        max_tokens: int,
-        stop: Optional[list[str]] = None,
-        json_schema: Optional[dict] = None,
-    ) -> Completion:
-        params: dict[str, Any] = {"max_new_tokens": max_tokens, "temperature": 0}
-        if stop:
-            params["stop"] = stop
-        if json_schema is not None:
-            params["json_schema"] = json.dumps(json_schema)
-        out = generate(self.url, {"text": prompt, "sampling_params": params})
+    def complete(self, ask: Ask) -> Completion:
+        params: dict[str, Any] = {"max_new_tokens": ask.max_tokens, "temperature": 0}
+        if ask.stop:
+            params["stop"] = ask.stop
+        if ask.json_schema is not None:
+            params["json_schema"] = json.dumps(ask.json_schema)
+        out = generate(self.url, {"text": ask.prompt, "sampling_params": params})
         return _ours_completion(out["text"], out["meta_info"])
 
     def choose(self, context: str, choices: list[str]) -> tuple[int, list[Completion]]:
@@ -109,26 +108,19 @@ class LlamaClient:
     url: str
     name: str = "llama.cpp"
 
-    def complete(
-        self,
-        prompt: str,
-        max_tokens: int,
-        stop: Optional[list[str]] = None,
-        json_schema: Optional[dict] = None,
-        grammar: Optional[str] = None,
-    ) -> Completion:
+    def complete(self, ask: Ask) -> Completion:
         body: dict[str, Any] = {
-            "prompt": prompt,
-            "n_predict": max_tokens,
+            "prompt": ask.prompt,
+            "n_predict": ask.max_tokens,
             "temperature": 0,
             "cache_prompt": True,
         }
-        if stop:
-            body["stop"] = stop
-        if json_schema is not None:
-            body["json_schema"] = json_schema
-        if grammar is not None:
-            body["grammar"] = grammar
+        if ask.stop:
+            body["stop"] = ask.stop
+        if ask.json_schema is not None:
+            body["json_schema"] = ask.json_schema
+        if ask.grammar is not None:
+            body["grammar"] = ask.grammar
         out = post_json(f"{self.url}/completion", body)
         timings = out.get("timings", {})
         cached = timings.get("cache_n", 0)
@@ -142,7 +134,7 @@ class LlamaClient:
     def choose(self, context: str, choices: list[str]) -> tuple[int, list[Completion]]:
         grammar = "root ::= " + " | ".join(json.dumps(c) for c in choices)
         longest = max(len(c) for c in choices)  # characters: at least as many as tokens
-        out = self.complete(context, longest + 8, grammar=grammar)
+        out = self.complete(Ask(context, longest + 8, grammar=grammar))
         picked = choices.index(out.text) if out.text in choices else -1
         return picked, [out]
 
@@ -189,7 +181,7 @@ def mmlu_items(num: int, seed: int = 0) -> list[tuple[str, MCQuestion]]:
 
 def run_mmlu(client: Client, item: tuple[str, MCQuestion]) -> ItemResult:
     prefix, q = item
-    out = client.complete(prefix + q.render(with_answer=False), 3)
+    out = client.complete(Ask(prefix + q.render(with_answer=False), 3))
     letter = out.text.strip()[:1]
     return ItemResult([out], letter == q.answer, letter in "ABCD" and bool(letter))
 
@@ -255,7 +247,7 @@ def run_chat(client: Client, turns: list[str]) -> ItemResult:
     outs = []
     for turn in turns:
         messages.append({"role": "user", "content": turn})
-        out = client.complete(chatml(messages), CHAT_TOKENS, stop=["<|im_end|>"])
+        out = client.complete(Ask(chatml(messages), CHAT_TOKENS, stop=["<|im_end|>"]))
         messages.append({"role": "assistant", "content": out.text.strip()})
         outs.append(out)
     return ItemResult(outs)
@@ -302,13 +294,13 @@ def run_tot(client: Client, problem: MathProblem) -> ItemResult:
     base = chatml(
         [{"role": "system", "content": TOT_SYSTEM}, {"role": "user", "content": problem.question}]
     )
-    plans = fork(lambda p: client.complete(base + p, TOT_PLAN_TOKENS, stop=["\n\n"]), TOT_PLANS)
+    plans = fork(lambda p: client.complete(Ask(base + p, TOT_PLAN_TOKENS, ["\n\n"])), TOT_PLANS)
     leaves = [
         base + head + plan.text + "\n\n" + sol
         for head, plan in zip(TOT_PLANS, plans)
         for sol in TOT_SOLUTIONS
     ]
-    solutions = fork(lambda p: client.complete(p, TOT_SOLUTION_TOKENS), leaves)
+    solutions = fork(lambda p: client.complete(Ask(p, TOT_SOLUTION_TOKENS)), leaves)
     votes = [_number(s.text) for s in solutions if _number(s.text)]
     answer = max(set(votes), key=votes.count) if votes else ""
     return ItemResult(plans + solutions, answer == problem.answer, bool(votes))
@@ -342,7 +334,7 @@ def json_items(num: int) -> list[str]:
 
 def run_json(client: Client, city: str) -> ItemResult:
     prompt = chatml([{"role": "user", "content": f"Describe the city of {city} as a JSON object."}])
-    out = client.complete(prompt, JSON_TOKENS, json_schema=CITY_SCHEMA)
+    out = client.complete(Ask(prompt, JSON_TOKENS, json_schema=CITY_SCHEMA))
     return ItemResult([out], None, _fits_schema(out.text))
 
 
