@@ -45,6 +45,15 @@ class ServerArgs:
     schedule_policy: str = "lpm"  # lpm | fcfs
     disable_radix_cache: bool = False
     mem_fraction_static: float = 0.25  # share of free memory given to the KV pool when not set
+    # Requests waiting to run (queued) past which new ones get 503 + Retry-After; None: no limit
+    max_queued_requests: Optional[int] = None
+
+    # Reliability
+    # Largest request body accepted (bytes); a larger one gets 413 before it is read in full
+    max_request_bytes: int = 32 * 1024 * 1024
+    # SIGTERM: seconds in-flight requests may still run (new ones get 503); then they are
+    # ended with an error and the server exits 0. A second SIGTERM exits at once.
+    graceful_shutdown_timeout: float = 60.0
 
     # Structured generation
     grammar_backend: str = "llguidance"  # llguidance | xgrammar | none
@@ -96,6 +105,8 @@ class ServerArgs:
             "max_prefill_tokens",
             "stream_interval",
             "watchdog_timeout",
+            "max_queued_requests",
+            "max_request_bytes",
         )
         for name in positive:
             value = getattr(self, name)
@@ -107,6 +118,12 @@ class ServerArgs:
         if self.chunked_prefill_size <= 0:
             raise ValueError(
                 f"chunked_prefill_size={self.chunked_prefill_size!r}: must be positive"
+            )
+        if not 0 < self.mem_fraction_static < 1:
+            raise ValueError(f"mem_fraction_static={self.mem_fraction_static!r}: must be in (0, 1)")
+        if self.graceful_shutdown_timeout < 0:
+            raise ValueError(
+                f"graceful_shutdown_timeout={self.graceful_shutdown_timeout!r}: must be >= 0"
             )
         if not 0 < self.port < 65536:
             raise ValueError(f"port={self.port!r}: must be in 1..65535")

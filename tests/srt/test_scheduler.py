@@ -99,7 +99,9 @@ def test_batched_equals_one_at_a_time(tiny_model_dir):
     for i, p in enumerate(ps):
         s = make_scheduler(tiny_model_dir, disable_radix_cache=True)
         alone.update(run_all(s, [request(f"r{i}", p)]))
-    together = run_all(make_scheduler(tiny_model_dir), [request(f"r{i}", p) for i, p in enumerate(ps)])
+    together = run_all(
+        make_scheduler(tiny_model_dir), [request(f"r{i}", p) for i, p in enumerate(ps)]
+    )
     for rid in alone:
         assert together[rid]["ids"] == alone[rid]["ids"]
         assert len(together[rid]["ids"]) == 12
@@ -132,7 +134,9 @@ def test_radix_cache_reuses_prefix_and_keeps_output(tiny_model_dir):
 
 def test_retraction_under_a_small_pool_keeps_outputs(tiny_model_dir):
     ps = prompts(6, 16, seed=3)
-    reference = run_all(make_scheduler(tiny_model_dir), [request(f"r{i}", p, 40) for i, p in enumerate(ps)])
+    reference = run_all(
+        make_scheduler(tiny_model_dir), [request(f"r{i}", p, 40) for i, p in enumerate(ps)]
+    )
     small = make_scheduler(tiny_model_dir, max_total_tokens=160)
     squeezed = run_all(small, [request(f"r{i}", p, 40) for i, p in enumerate(ps)])
     for rid in reference:
@@ -205,7 +209,9 @@ def test_stream_interval_sends_that_many_tokens_per_output(tiny_model_dir):
 
 def test_max_prefill_tokens_caps_every_prefill_pass(tiny_model_dir):
     ps = prompts(4, 40, seed=9)
-    reference = run_all(make_scheduler(tiny_model_dir), [request(f"r{i}", p) for i, p in enumerate(ps)])
+    reference = run_all(
+        make_scheduler(tiny_model_dir), [request(f"r{i}", p) for i, p in enumerate(ps)]
+    )
     s = make_scheduler(tiny_model_dir, chunked_prefill_size=16, max_prefill_tokens=24)
     passes = []
     forward = s.runner.forward
@@ -253,3 +259,27 @@ def test_a_grammar_is_compiled_once_in_the_scheduler(tiny_model_dir, monkeypatch
     assert all(r["text"] in ("yes", "no") for r in results.values())
     bad = run_all(s, [request("bad", p, 8, params={"regex": "(ab"})])["bad"]
     assert bad["finish"]["type"] == "abort" and "regex" in bad["finish"]["message"]
+
+
+def test_memory_pressure_never_drops_an_accepted_request(tiny_model_dir):
+    """A pool that cannot hold every running request: prefill chunks that do not fit while
+    others decode are retracted and resume; none ends with an abort, outputs are unchanged."""
+    ps = prompts(8, 100, seed=11)
+    reqs = lambda: [request(f"r{i}", p, 50) for i, p in enumerate(ps)]  # noqa: E731
+    reference = run_all(make_scheduler(tiny_model_dir), reqs())
+    small = make_scheduler(tiny_model_dir, max_total_tokens=300, chunked_prefill_size=32)
+    squeezed = run_all(small, reqs())
+    for rid, ref in reference.items():
+        assert squeezed[rid]["finish"] == {"type": "length", "length": 50}, rid
+        assert squeezed[rid]["ids"] == ref["ids"]
+    assert small.stats.retractions > 0
+    assert small.allocator.available_size() + small.tree_cache.total_size() == 300
+
+
+def test_a_request_alone_outgrowing_the_pool_ends_with_length(tiny_model_dir):
+    s = make_scheduler(tiny_model_dir, max_total_tokens=64)
+    (p,) = prompts(1, 20, seed=12)
+    r = run_all(s, [request("big", p, 200)])["big"]
+    assert r["finish"]["type"] == "length"
+    assert 40 <= len(r["ids"]) <= 64 - 20 + 1
+    assert s.allocator.available_size() + s.tree_cache.total_size() == 64

@@ -29,8 +29,8 @@ class Subprocesses:
     port_args: PortArgs
     process: multiprocessing.process.BaseProcess
 
-    def stop(self) -> None:
-        stop_process(self.process)
+    def stop(self, grace_s: float = 10.0) -> None:
+        stop_process(self.process, grace_s)
         folder = self.port_args.tokenizer_ipc.removeprefix("ipc://").rsplit("/", 1)[0]
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -4,7 +4,9 @@ scheduler that is gone -> 503)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from typing import Any, AsyncIterator, Optional
 
 from fastapi import Request
@@ -40,6 +42,9 @@ def status_for(e: Exception) -> int:
         return 400
     if isinstance(e, ClientDisconnected):
         return 499
+    status = getattr(e, "status", None)  # RequestFailed: what the server says it was
+    if isinstance(status, int):
+        return status
     return 503  # RuntimeError: the scheduler is gone; RequestAborted
 
 
@@ -68,7 +73,11 @@ def error_response(
 
 
 def exception_response(e: Exception) -> Response:
-    return error_response(str(e), status_for(e), getattr(e, "param", None))
+    response = error_response(str(e), status_for(e), getattr(e, "param", None))
+    retry_after = getattr(e, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 def sse(obj: Any) -> bytes:
@@ -81,12 +90,36 @@ def sse_error(e: Exception) -> bytes:
     return sse({"error": {"message": str(e), "type": error_type_for(status), "code": status}})
 
 
+# Bodies larger than this are parsed on a worker thread, so the event loop keeps serving others.
+_PARSE_INLINE_BYTES = 256 * 1024
+# A \uXXXX escape of a UTF-16 surrogate: only then can the parsed body hold a lone one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
 async def read_json(request: Request) -> Any:
+    """The parsed JSON body; RequestError (a 400) for malformed JSON, nesting too deep for the
+    parser, or a lone UTF-16 surrogate (text no tokenizer or response can carry)."""
     body = await request.body()
+    if len(body) > _PARSE_INLINE_BYTES:
+        return await asyncio.to_thread(parse_json, body)
+    return parse_json(body)
+
+
+def parse_json(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        obj = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RequestError(f"malformed JSON body: {e}") from None
+    except RecursionError:
+        raise RequestError("the JSON body is nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(body):
+        try:  # paired surrogates were joined by the parser; a lone one cannot be encoded
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise RequestError(f"the body holds a lone UTF-16 surrogate: {e.reason}") from None
+        except RecursionError:
+            raise RequestError("the JSON body is nested too deeply") from None
+    return obj
 
 
 def parse_body(model: type[BaseModel], body: Any) -> Any:

@@ -38,6 +38,7 @@ from sglang.srt.entrypoints.http_common import (
     sse,
     sse_error,
 )
+from sglang.srt.entrypoints.http_limits import BodySizeLimit, DrainingServer
 from sglang.srt.entrypoints.openai_api import add_openai_routes
 from sglang.srt.managers.io_struct import EmbeddingReqInput, GenerateReqInput, outputs_json
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
@@ -56,6 +57,7 @@ def create_app(tokenizer_manager: TokenizerManager) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.loop = asyncio.get_running_loop()
         await tm.start()
         watcher = asyncio.create_task(_announce_ready(app, tm))
         yield
@@ -67,6 +69,7 @@ def create_app(tokenizer_manager: TokenizerManager) -> FastAPI:
     app.state.exit_code = 0
     app.state.server = None  # the uvicorn.Server, set by launch_server
     _add_api_key_check(app, tm.server_args.api_key)
+    app.add_middleware(BodySizeLimit, max_bytes=tm.server_args.max_request_bytes)
     _add_native_routes(app, tm)
     add_openai_routes(app, lambda: tm)
     add_embedding_routes(app, lambda: tm)
@@ -121,9 +124,9 @@ def _authorized(request: Request, api_key: str) -> bool:
 
 
 def _add_native_routes(app: FastAPI, tm: TokenizerManager) -> None:
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> Response:
-        return Response(status_code=200 if tm.is_ready else 503)
+        return Response(status_code=200 if tm.is_healthy else 503)
 
     @app.get("/ready")
     async def ready() -> Response:
@@ -307,6 +310,7 @@ def launch_server(server_args: ServerArgs) -> int:
     # process would die before the `finally` below stops the scheduler.
     previous = _raise_interrupt_on_sigterm()
     subprocesses = launch_subprocesses(server_args)
+    tm: Optional[TokenizerManager] = None
     try:
         tm = TokenizerManager(
             server_args,
@@ -322,8 +326,9 @@ def launch_server(server_args: ServerArgs) -> int:
             log_level=server_args.log_level,
             access_log=server_args.log_level == "debug",
             timeout_keep_alive=5,
+            timeout_graceful_shutdown=5,
         )
-        server = uvicorn.Server(config)
+        server = DrainingServer(config, app, tm)
         app.state.server = server
         with contextlib.suppress(KeyboardInterrupt):
             server.run()
@@ -331,7 +336,9 @@ def launch_server(server_args: ServerArgs) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        subprocesses.stop()
+        # a scheduler that failed (frozen, say) gets no long grace period
+        subprocesses.stop(grace_s=1.0 if tm is not None and tm.failure else 10.0)
+        logger.info("server stopped")
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

@@ -65,8 +65,13 @@ class IncrementalDetokenizer:
 
     def checkpoint(self) -> tuple[int, int, int, int, int]:
         """The state before the next `append`, for `restore` (a rolled-back token)."""
-        return (len(self._ids), self._prefix_offset, self._read_offset, self._emitted,
-                self._unstable_steps)
+        return (
+            len(self._ids),
+            self._prefix_offset,
+            self._read_offset,
+            self._emitted,
+            self._unstable_steps,
+        )
 
     def restore(self, state: tuple[int, int, int, int, int]) -> None:
         """Go back to a `checkpoint()`: as if the tokens appended since were never seen."""

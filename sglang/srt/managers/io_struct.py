@@ -17,6 +17,16 @@ from typing import Any, NamedTuple, Optional, Union
 from sglang.srt.sampling.sampling_params import SamplingParams
 
 
+class RequestFailed(RuntimeError):
+    """A request the server could not serve; `status` is the HTTP status it is answered with,
+    `retry_after` (seconds) tells the client when to try again."""
+
+    def __init__(self, message: str, status: int = 500, retry_after: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
 @dataclass
 class GenerateReqInput:
     """The body of POST /generate (one prompt or a batch), as the HTTP layer received it."""
@@ -87,8 +97,10 @@ class FinishReason:
     matched: Union[int, str, None] = None  # stop: the EOS/stop token id or stop string
     length: Optional[int] = None  # length: max_new_tokens
     message: Optional[str] = None  # abort: what happened
-    # abort: the request itself was invalid (e.g. its grammar does not compile): HTTP 400
-    invalid_request: bool = False
+    # abort: the HTTP status it is answered with: 400 the request itself was invalid (e.g. its
+    # grammar does not compile), 500 an internal error, 503 overload or shutdown (retry later).
+    # None: the client aborted it, which a 200 reports (as SGLang does).
+    status: Optional[int] = None
 
     @classmethod
     def stop(cls, matched: Union[int, str, None]) -> FinishReason:
@@ -99,8 +111,8 @@ class FinishReason:
         return cls("length", length=length)
 
     @classmethod
-    def abort(cls, message: str, invalid_request: bool = False) -> FinishReason:
-        return cls("abort", message=message, invalid_request=invalid_request)
+    def abort(cls, message: str, status: Optional[int] = None) -> FinishReason:
+        return cls("abort", message=message, status=status)
 
     @property
     def is_abort(self) -> bool:
@@ -290,3 +302,10 @@ class SchedulerFailed:
     """Sent instead of SchedulerReady when start-up fails (the message names the problem)."""
 
     message: str
+
+
+@dataclass
+class Heartbeat:
+    """Sent about once a second by the scheduler's watchdog thread while the process lives."""
+
+    step_running_s: float  # how long the current step has run; 0 between steps

@@ -84,7 +84,9 @@ class KVManager:
         assert loc is not None, "the caller checked ensure_free first"
         offset = 0
         for c in chunks:
-            self.table[c.req.kv.pool_idx, c.start : c.start + c.length] = loc[offset : offset + c.length]
+            self.table[c.req.kv.pool_idx, c.start : c.start + c.length] = loc[
+                offset : offset + c.length
+            ]
             offset += c.length
         return loc
 

@@ -113,8 +113,8 @@ class OutputProcessor:
 
     # ---- ending ------------------------------------------------------------------------------
 
-    def abort(self, req: Req, message: str, invalid_request: bool = False) -> None:
-        req.finish(FinishReason.abort(message, invalid_request))
+    def abort(self, req: Req, message: str, status: Optional[int] = None) -> None:
+        req.finish(FinishReason.abort(message, status))
         self.close(req)
 
     def close(self, req: Req) -> None:
@@ -156,7 +156,7 @@ class OutputProcessor:
 
 def error_output(rid: str, message: str) -> ReqOutput:
     """The output of a request the scheduler could not even take in."""
-    return ReqOutput(rid, "", [], FinishReason.abort(message), 0, 0, 0)
+    return ReqOutput(rid, "", [], FinishReason.abort(message, 500), 0, 0, 0)
 
 
 def check_finished_before_sampling(req: Req) -> Optional[FinishReason]:

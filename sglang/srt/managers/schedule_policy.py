@@ -95,8 +95,10 @@ class SchedulePolicy:
     def _can_admit_any(self) -> bool:
         """Nothing to rank when no request could be admitted this step anyway."""
         pool = self.kv.req_to_token_pool
-        return bool(self.waiting) and len(self.running) < self.max_running and (
-            pool.available_size() > 0
+        return (
+            bool(self.waiting)
+            and len(self.running) < self.max_running
+            and (pool.available_size() > 0)
         )
 
     def _admit(self, req: Req, budget: int, reserved: int) -> bool:
@@ -134,23 +136,46 @@ class SchedulePolicy:
         self.waiting.append(req)
 
     def make_room(self, chunks: list[ScheduledChunk]) -> tuple[list[ScheduledChunk], list[Req]]:
-        """Free slots for the chunks' new tokens, retracting requests from the pass's end under
-        pressure; returns the chunks that still run and the retracted requests."""
+        """Free slots for the chunks' new tokens; returns the chunks that still run and the
+        requests retracted for them.
+
+        Under pressure the most recently admitted running request yields first (back to the
+        front of the queue, its computed KV left in the cache), whether or not it is in this
+        pass. Only a request that runs alone and still outgrows the whole pool ends, with
+        finish reason "length": the pool is its context limit.
+        """
         need = sum(c.length for c in chunks)
         retracted: list[Req] = []
         while not self.kv.ensure_free(need):
-            if len(chunks) <= 1:
-                logger.warning("KV cache full: %d tokens needed", need)
+            victim = self._newest_other_than_alone()
+            if victim is None:
                 for c in chunks:
-                    c.req.finish(FinishReason.abort("KV cache is full"))
+                    self._outgrown(c.req, need)
                 return [], retracted
-            victim = chunks.pop()
-            need -= victim.length
-            self.kv.retract(victim.req)
-            self.running.remove(victim.req)
-            self.waiting.appendleft(victim.req)
-            retracted.append(victim.req)
+            chunks = [c for c in chunks if c.req is not victim]
+            need = sum(c.length for c in chunks)
+            self.kv.retract(victim)
+            self.running.remove(victim)
+            self.waiting.appendleft(victim)
+            retracted.append(victim)
+            logger.info("KV cache full: request %s retracted, it resumes later", victim.rid)
         return chunks, retracted
+
+    def _newest_other_than_alone(self) -> Optional[Req]:
+        """The running request to retract next; None when at most one request is running."""
+        live = [r for r in self.running if not r.finished]
+        return live[-1] if len(live) > 1 else None
+
+    def _outgrown(self, req: Req, need: int) -> None:
+        length = len(req.output_ids)
+        logger.warning(
+            "request %s stops at %d tokens: alone it fills the KV pool (%d tokens; %d more needed)",
+            req.rid,
+            req.seq_len,
+            self.kv.allocator.size,
+            need,
+        )
+        req.finish(FinishReason.for_length(length))
 
     def remove_waiting(self, rid: str) -> list[Req]:
         found = [r for r in self.waiting if r.rid == rid]

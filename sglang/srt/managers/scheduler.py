@@ -160,7 +160,12 @@ class Scheduler:
         self.output.start(req)
         error = self._admission_error(req)
         if error is not None:
-            self._end_early(req, error)
+            self._end_early(req, error, 400)
+        elif self._queue_full():
+            limit = self.server_args.max_queued_requests
+            message = f"the server is overloaded: {limit} requests queued (--max-queued-requests)"
+            logger.warning("request %s refused: %s", req.rid, message)
+            self._end_early(req, message, 503)
         elif req.sampling_params.grammar is not None:
             kind, text = req.sampling_params.grammar
             req.grammar.future = self.grammar_backend.get_future(kind, text)
@@ -168,6 +173,10 @@ class Scheduler:
             self.grammar_queue.append(req)
         else:
             self.policy.add(req)
+
+    def _queue_full(self) -> bool:
+        limit = self.server_args.max_queued_requests
+        return limit is not None and len(self.waiting) + len(self.grammar_queue) >= limit
 
     def _admission_error(self, req: Req) -> Optional[str]:
         if req.seq_len + 1 > self.allocator.size:
@@ -181,9 +190,9 @@ class Scheduler:
             return "constrained decoding is disabled (--grammar-backend none)"
         return None
 
-    def _end_early(self, req: Req, message: str, invalid_request: bool = False) -> None:
-        """End a request that never ran."""
-        self.output.abort(req, message, invalid_request)
+    def _end_early(self, req: Req, message: str, status: Optional[int] = None) -> None:
+        """End a request that never ran; `status`: the HTTP status it is answered with."""
+        self.output.abort(req, message, status)
         self._outbox.append(req)
 
     def abort_request(self, rid: str) -> None:
@@ -233,8 +242,12 @@ class Scheduler:
         return out
 
     def _run(self, chunks: list[ScheduledChunk], mode: ForwardMode) -> None:
+        planned = chunks
         chunks, retracted = self.policy.make_room(chunks)
         self.stats.retractions += len(retracted)
+        for c in planned:  # a request that alone outgrew the pool ended there
+            if c.req.finished:
+                self.output.close(c.req)
         if not chunks:
             return
         self.current_activity = _describe(chunks, mode)
@@ -308,14 +321,14 @@ class Scheduler:
                     self.grammar_queue.remove(req)
                     kind = req.sampling_params.grammar[0]
                     self._end_early(
-                        req, f"{kind} is too complex: compiling took over {limit:g}s", True
+                        req, f"{kind} is too complex: compiling took over {limit:g}s", 400
                     )
                 continue
             self.grammar_queue.remove(req)
             try:
                 req.grammar.matcher = future.result().copy()
             except Exception as e:
-                self._end_early(req, _grammar_error(req, e), invalid_request=True)
+                self._end_early(req, _grammar_error(req, e), 400)
                 continue
             self.policy.add(req)
 
@@ -332,7 +345,7 @@ class Scheduler:
     def abort_all(self, message: str) -> list[Req]:
         """Last resort after an internal error: end every running request, keep serving."""
         for req in self.running:
-            self.output.abort(req, message)
+            self.output.abort(req, message, 500)
         self.release_finished()
         out, self._outbox = self._outbox, []
         return out

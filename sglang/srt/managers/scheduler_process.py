@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import zmq
 
-from sglang.srt.managers.io_struct import BatchReqOutput, SchedulerFailed
+from sglang.srt.managers.io_struct import BatchReqOutput, Heartbeat, SchedulerFailed
 from sglang.srt.managers.output_processor import error_output
 from sglang.srt.managers.scheduler import Scheduler
 from sglang.srt.server_args import PortArgs, ServerArgs
@@ -43,18 +43,30 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs) -> None:
         time.sleep(0.5)
         return
     send.send_pyobj(scheduler.ready_message())
-    watchdog = Watchdog(scheduler, server_args.watchdog_timeout)
+    watchdog = Watchdog(scheduler, server_args.watchdog_timeout, ctx, port_args.tokenizer_ipc)
     watchdog.start()
     event_loop(scheduler, recv, send, parent, watchdog)
 
 
 class Watchdog:
     """Ends the process when one step runs longer than `timeout_s`, after logging what the step
-    was doing and every thread's stack, so a supervisor can restart a wedged server."""
+    was doing and every thread's stack, so a supervisor can restart a wedged server.
 
-    def __init__(self, scheduler: Scheduler, timeout_s: float) -> None:
+    It also sends the HTTP process a Heartbeat about once a second (from a socket of its own:
+    ZMQ sockets are not shared between threads), so a process that is frozen as a whole
+    (stopped, swapped out, deadlocked) is noticed there.
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        timeout_s: float,
+        ctx: Optional[zmq.Context] = None,
+        heartbeat_addr: Optional[str] = None,
+    ) -> None:
         self.scheduler = scheduler
         self.timeout_s = timeout_s
+        self._ctx, self._heartbeat_addr = ctx, heartbeat_addr
         self._step_started: Optional[float] = None
         self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
 
@@ -69,11 +81,18 @@ class Watchdog:
 
     def _watch(self) -> None:
         interval = min(1.0, self.timeout_s / 4)
+        sock = None
+        if self._ctx is not None and self._heartbeat_addr is not None:
+            sock = self._ctx.socket(zmq.PUSH)
+            sock.connect(self._heartbeat_addr)
         while True:
             time.sleep(interval)
             started = self._step_started
-            if started is not None and time.monotonic() - started > self.timeout_s:
-                self._fire(time.monotonic() - started)
+            running = 0.0 if started is None else time.monotonic() - started
+            if running > self.timeout_s:
+                self._fire(running)
+            if sock is not None:
+                sock.send_pyobj(Heartbeat(running))
 
     def _fire(self, elapsed: float) -> None:
         logger.error(
@@ -116,7 +135,10 @@ def event_loop(
         try:
             reqs = scheduler.step()
         except Exception:
-            logger.exception("scheduler step failed; aborting the running requests")
+            logger.exception(
+                "scheduler step failed during %s; aborting the running requests",
+                scheduler.current_activity,
+            )
             reqs = _abort_all(scheduler)
         if watchdog is not None:
             watchdog.step_ended()
@@ -133,7 +155,7 @@ def _drain(scheduler: Scheduler, recv: zmq.Socket, send: zmq.Socket) -> None:
         try:
             reply = scheduler.handle_message(msg)
         except Exception as e:
-            logger.exception("bad message")
+            logger.exception("bad message for request %s", getattr(msg, "rid", None))
             reply = None
             rid = getattr(msg, "rid", None)
             if rid is not None:

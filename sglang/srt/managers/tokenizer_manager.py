@@ -6,6 +6,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Optional, Union
 
 import zmq
@@ -30,6 +31,8 @@ from sglang.srt.managers.io_struct import (
     GenerateReqInput,
     GetServerInfoReply,
     GetServerInfoReq,
+    Heartbeat,
+    RequestFailed,
     SchedulerFailed,
     SchedulerReady,
     TokenizedGenerateReqInput,
@@ -52,6 +55,15 @@ logger = logging.getLogger(__name__)
 _DISCONNECT_POLL_S = 1.0
 # How often the scheduler process is checked for being alive.
 _WATCH_INTERVAL_S = 0.5
+# Retry-After (seconds) of a 503 for overload or shutdown.
+_RETRY_AFTER_S = 1
+# /health says 503 when the scheduler's last heartbeat is older than this, or its current step
+# has run this long (bounded by --watchdog-timeout); the scheduler is taken for dead (the server
+# exits) when no heartbeat came for --watchdog-timeout seconds.
+_HEARTBEAT_STALE_S = 5.0
+_STEP_STALE_S = 30.0
+# Prompts with more characters than this are tokenized on a worker thread.
+_BUILD_INLINE_CHARS = 64 * 1024
 
 
 class _ClientDisconnected(Exception):
@@ -97,6 +109,8 @@ class TokenizerManager:
         )
         self.ready_info: Optional[SchedulerReady] = None
         self.failure: Optional[str] = None
+        self.draining = False  # shutting down: new requests get 503, in-flight ones finish
+        self._heartbeat: Optional[tuple[float, Heartbeat]] = None  # (arrival time, last one)
         # Called once with the failure message when the scheduler fails or dies.
         self.on_failure: Optional[Callable[[str], None]] = None
         self.rid_to_state: dict[str, ReqState] = {}
@@ -105,6 +119,7 @@ class TokenizerManager:
             GetServerInfoReply: collections.deque(),
         }
         self._token_text_cache: dict[int, str] = {}
+        self._max_token_chars: Optional[int] = None  # the longest token's text, for tokenize()
         self.builder = RequestBuilder(self)
         self._tasks: list[asyncio.Task] = []
         self._ready: Optional[asyncio.Event] = None
@@ -139,6 +154,35 @@ class TokenizerManager:
     @property
     def is_ready(self) -> bool:
         return self.ready_info is not None and self.failure is None
+
+    @property
+    def is_healthy(self) -> bool:
+        """Ready, not shutting down, and (with a scheduler process) making progress: a fresh
+        heartbeat and no step running for too long."""
+        if not self.is_ready or self.draining:
+            return False
+        if self.scheduler_process is None or self._heartbeat is None:
+            return True
+        arrived, beat = self._heartbeat
+        step_limit = min(_STEP_STALE_S, self.server_args.watchdog_timeout)
+        fresh = time.monotonic() - arrived < min(
+            _HEARTBEAT_STALE_S, self.server_args.watchdog_timeout
+        )
+        return fresh and beat.step_running_s < step_limit
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self.rid_to_state)
+
+    def end_in_flight(self, message: str) -> int:
+        """End every in-flight request with a 503 (shutdown); returns how many there were."""
+        states = [s for s in self.rid_to_state.values() if not s.finished]
+        for state in states:
+            logger.warning("request %s ended: %s", state.rid, message)
+            if self.failure is None:
+                self._send(AbortReq(state.rid))
+            state.finish(FinishReason.abort(message, 503))
+        return len(states)
 
     async def close(self) -> None:
         """Stop the loops and close the sockets (does not stop the scheduler process)."""
@@ -232,10 +276,33 @@ class TokenizerManager:
         return text
 
     def tokenize(self, text: str) -> list[int]:
-        """Token ids of a prompt; no second BOS when the text (a rendered template) has one."""
+        """Token ids of a prompt; no second BOS when the text (a rendered template) has one.
+
+        ValueError for a text that cannot fit the context whatever its tokens (judged from its
+        length before any tokenizing) or that holds a lone UTF-16 surrogate."""
+        self._check_text_length(text)
         bos = getattr(self.tokenizer, "bos_token", None)
         add_special = not (bos and text.startswith(bos))
-        return list(self.tokenizer.encode(text, add_special_tokens=add_special))
+        try:
+            return list(self.tokenizer.encode(text, add_special_tokens=add_special))
+        except TypeError:  # what the fast tokenizer raises for text it cannot encode
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"the text holds a lone UTF-16 surrogate: {e.reason}") from None
+            raise
+
+    def _check_text_length(self, text: str) -> None:
+        if self._max_token_chars is None:
+            self._max_token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
+        # NOTE: each token stands for at most _max_token_chars characters; twice that allows for
+        # normalizers that expand text. A longer text cannot fit, so it is not tokenized at all.
+        limit = self.context_len * self._max_token_chars * 2
+        if self.context_len and len(text) > limit:
+            raise ValueError(
+                f"the text has {len(text)} characters: more than a context of "
+                f"{self.context_len} tokens can hold"
+            )
 
     # ---------------------------------------------------------------- generation
 
@@ -244,7 +311,10 @@ class TokenizerManager:
     ) -> AsyncIterator[Union[dict[str, Any], list[dict[str, Any]]]]:
         """Run one /generate body; yields native outputs (see module docs of http_server)."""
         await self._require_ready()
-        reqs, is_batch = self.builder.build(obj)
+        if _text_size(obj.text) > _BUILD_INLINE_CHARS:  # the event loop keeps serving others
+            reqs, is_batch = await asyncio.to_thread(_build_and_trim, self.builder, obj)
+        else:
+            reqs, is_batch = self.builder.build(obj)
         event = asyncio.Event()
         states = self._register(reqs, event, obj.return_text_in_logprobs, obj.log_metrics)
         try:
@@ -302,12 +372,18 @@ class TokenizerManager:
         self._check_outcome(states)
 
     def _check_outcome(self, states: list[ReqState]) -> None:
-        """ValueError (a 400) for a request the scheduler found invalid; RuntimeError (a 503)
+        """ValueError (a 400) for a request the scheduler found invalid; RequestFailed with
+        the abort's status (500 internal error, 503 overload or shutdown); RuntimeError (a 503)
         when the scheduler is gone."""
         for s in states:
             reason = s.finish_reason
-            if reason is not None and reason.invalid_request:
+            if reason is None or reason.status is None:
+                continue
+            if reason.status == 400:
                 raise ValueError(reason.message)
+            logger.warning("request %s failed (%d): %s", s.rid, reason.status, reason.message)
+            retry = _RETRY_AFTER_S if reason.status == 503 else None
+            raise RequestFailed(reason.message or "request failed", reason.status, retry)
         if self.failure is not None and any(s.failed for s in states):
             raise RuntimeError(f"the scheduler is not running: {self.failure}")
 
@@ -418,6 +494,8 @@ class TokenizerManager:
     async def _require_ready(self) -> None:
         if self.failure is not None:
             raise RuntimeError(f"the scheduler is not running: {self.failure}")
+        if self.draining:
+            raise RequestFailed("the server is shutting down", 503, _RETRY_AFTER_S)
         await self.wait_ready()
 
     # ---------------------------------------------------------------- scheduler side
@@ -449,8 +527,11 @@ class TokenizerManager:
                 waiters.popleft().set_result(msg)
             elif waiters:
                 waiters.popleft()
+        elif isinstance(msg, Heartbeat):
+            self._heartbeat = (time.monotonic(), msg)
         elif isinstance(msg, SchedulerReady):
             self.ready_info = msg
+            self._heartbeat = (time.monotonic(), Heartbeat(0.0))  # heartbeats follow from now
             assert self._ready is not None
             self._ready.set()
         elif isinstance(msg, SchedulerFailed):
@@ -461,8 +542,16 @@ class TokenizerManager:
     async def _watch_scheduler(self) -> None:
         proc = self.scheduler_process
         assert proc is not None
+        limit = self.server_args.watchdog_timeout
         while proc.is_alive():
             await asyncio.sleep(_WATCH_INTERVAL_S)
+            if self._heartbeat is not None and time.monotonic() - self._heartbeat[0] > limit:
+                if self.failure is None:
+                    self._fail(
+                        f"the scheduler stopped responding: no heartbeat for {limit:g}s "
+                        "(--watchdog-timeout); the process is frozen or overloaded"
+                    )
+                return
         if self.failure is None:
             self._fail(f"the scheduler process exited (exit code {proc.exitcode})")
 
@@ -520,6 +609,42 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     if not path:
         raise ValueError("no tokenizer path: give --model-path or --tokenizer-path")
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def _build_and_trim(builder: RequestBuilder, obj: GenerateReqInput) -> Any:
+    """Build a large request, then hand the tokenizer's temporary memory back to the OS (the C
+    allocator keeps freed memory otherwise, and a few huge prompts would leave the process
+    hundreds of MB larger for good)."""
+    try:
+        return builder.build(obj)
+    finally:
+        _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        except OSError:
+            _LIBC = False
+    trim = getattr(_LIBC, "malloc_trim", None) if _LIBC else None
+    if trim is not None:  # glibc only
+        trim(0)
+
+
+_LIBC: Any = None
+
+
+def _text_size(text: Any) -> int:
+    if isinstance(text, str):
+        return len(text)
+    if isinstance(text, list):
+        return sum(len(t) for t in text if isinstance(t, str))
+    return 0
 
 
 def _version() -> str:

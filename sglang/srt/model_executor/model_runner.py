@@ -125,7 +125,28 @@ class ModelRunner:
                 self.model, self.logits_processor.lm_head, self.token_to_kv_pool
             )
             self._warm_up_compiled(rows)
-        logger.info("KV pool: %d tokens, %d request rows", self.max_total_tokens, rows)
+        logger.info(
+            "KV pool: %d tokens (%.2f GiB), %d request rows; %s",
+            self.max_total_tokens,
+            self.max_total_tokens * self._kv_bytes_per_token() / 2**30,
+            rows,
+            self._pool_size_source(max_total_tokens),
+        )
+
+    def _kv_bytes_per_token(self) -> int:
+        cfg = self.model_config
+        return MHATokenToKVPool.bytes_per_token(
+            self.dtype, cfg.num_kv_heads, cfg.head_dim, cfg.num_layers
+        )
+
+    def _pool_size_source(self, given: Optional[int]) -> str:
+        """What sized the pool, for the start-up log."""
+        if given:
+            return "set by --max-total-tokens"
+        free = self._free_bytes_at_sizing / 2**30
+        cap = f", capped at {CPU_MAX_POOL_TOKENS} on CPU" if self.device.type == "cpu" else ""
+        fraction = self.server_args.mem_fraction_static
+        return f"--mem-fraction-static {fraction:g} of {free:.1f} GiB free memory{cap}"
 
     def forward(self, forward_batch: ForwardBatch) -> LogitsOutput:
         assert self.attn_backend is not None, "call init_memory_pool() before forward()"
@@ -200,11 +221,9 @@ class ModelRunner:
         return args.enable_torch_compile and not args.disable_torch_compile
 
     def _pool_tokens_from_memory(self) -> int:
-        cfg = self.model_config
-        per_token = MHATokenToKVPool.bytes_per_token(
-            self.dtype, cfg.num_kv_heads, cfg.head_dim, cfg.num_layers
-        )
-        budget = int(_free_memory_bytes(self.device) * self.server_args.mem_fraction_static)
+        per_token = self._kv_bytes_per_token()
+        self._free_bytes_at_sizing = _free_memory_bytes(self.device)
+        budget = int(self._free_bytes_at_sizing * self.server_args.mem_fraction_static)
         tokens = max(budget // per_token, 1)
         if self.device.type == "cpu":
             tokens = min(tokens, CPU_MAX_POOL_TOKENS)
