@@ -68,6 +68,10 @@ class ServerArgs:
     # Streamed /generate chunks carry only what is new (text, ids, logprobs), not totals
     incremental_streaming_output: bool = False
 
+    # A request's greedy (and seeded) output is the same whatever shares its batch, its
+    # chunking and its cached prefix: batch-invariant kernels (CPU), at a cost in speed
+    enable_deterministic_inference: bool = False
+
     # Misc
     log_level: str = "info"
     random_seed: int = 0

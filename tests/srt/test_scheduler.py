@@ -18,6 +18,10 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> str:
+    return save_tiny_llama(str(tmp_path_factory.mktemp("tiny-llama")))
+
+
+def save_tiny_llama(path: str) -> str:
     """A 2-layer random Llama with the default model's tokenizer (so text decoding is real)."""
     from sglang.srt.model_loader.default_model import default_model_file
 
@@ -40,7 +44,6 @@ def tiny_model_dir(tmp_path_factory) -> str:
     )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config)
-    path = str(tmp_path_factory.mktemp("tiny-llama"))
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -88,6 +88,9 @@ class AttnMetadata:
     in_place: bool = False  # DECODE with the C++ kernel reading the pool in place
     spans: Optional[list[ExtendSpan]] = None  # EXTEND
     padded: Optional[PaddedExtend] = None  # EXTEND where every request adds few tokens
+    # EXTEND, batch-invariant: each new token attends as a decode step would, through the C++
+    # kernel: ([T] pool row of its request, [T] its position + 1)
+    per_token: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
 
 class TorchNativeAttnBackend:
@@ -97,15 +100,29 @@ class TorchNativeAttnBackend:
     in init_forward_metadata from the CPU-side lists of the ForwardBatch.
     """
 
-    def __init__(self, kv_pool: MHATokenToKVPool) -> None:
+    def __init__(self, kv_pool: MHATokenToKVPool, batch_invariant: bool = False) -> None:
         self.kv_pool = kv_pool
         # the C++ decode kernel (layers/cpu_kernels) for a CPU pool, else None: torch ops
         self.kernels = cpu_kernels.load() if kv_pool.device.type == "cpu" else None
+        # Every token's attention computed alike whatever its pass (prefill, chunk, decode) and
+        # batch: the decode kernel, one query row at a time (--enable-deterministic-inference).
+        self.batch_invariant = batch_invariant
+        if batch_invariant and self.kernels is None:
+            raise ValueError(
+                "batch-invariant attention needs the C++ CPU kernels (a CPU KV pool with the "
+                "kernels built)"
+            )
 
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         fb = forward_batch
         if fb.is_decode and self.kernels is not None:
             fb.attn_metadata = AttnMetadata(self, in_place=True)
+            return
+        if self.batch_invariant:
+            rows = fb.req_pool_indices.repeat_interleave(
+                torch.tensor(fb.extend_seq_lens_cpu, device=fb.req_pool_indices.device)
+            )
+            fb.attn_metadata = AttnMetadata(self, per_token=(rows, fb.positions + 1))
             return
         width = max(fb.seq_lens_cpu)
         # [B, width] int64: KV slots of each request's tokens (stale past its length)
@@ -127,6 +144,12 @@ class TorchNativeAttnBackend:
     ) -> torch.Tensor:
         # q: [T, H, D], k/v: [T, Hkv, D] -> [T, H * D]
         self.kv_pool.set_kv_buffer(layer.layer_id, fb.out_cache_loc, k, v)
+        if fb.attn_metadata.per_token is not None:
+            rows, lens = fb.attn_metadata.per_token
+            k_buf, v_buf = self.kv_pool.get_kv_buffer(layer.layer_id)
+            return self.kernels.paged_decode_attention(
+                q, k_buf, v_buf, fb.req_to_token, rows, lens, layer.scaling
+            )
         if fb.attn_metadata.padded is not None:
             return self._extend_padded(q, layer, fb.attn_metadata.padded)
         if not fb.is_decode:

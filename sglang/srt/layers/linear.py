@@ -20,6 +20,8 @@ from sglang.srt.layers.quantization import (
     QuantWeight,
 )
 
+# A Python-only route (the C++ decode pass does not take it): one product per row.
+ROUTE_ROWWISE = 6
 # Up to this many rows a oneDNN-packed weight wins (2x at one row, even at 64, slower at 512):
 # decode uses it, long prefills keep the plain kernel.
 _PACKED_MAX_ROWS = 64
@@ -39,12 +41,14 @@ class Linear(nn.Linear):
 
     packed: Optional[torch.Tensor] = None  # oneDNN-packed bf16 weight, or None
     quant: Optional[QuantWeight] = None  # low-bit form of weight, or None
+    # one kernel for every row count (--enable-deterministic-inference; see linear_route)
+    batch_invariant: bool = False
 
     def reset_parameters(self) -> None:
         pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, self.packed, self.quant)
+        return linear(x, self.weight, self.bias, self.packed, self.quant, self.batch_invariant)
 
 
 class Route(NamedTuple):
@@ -62,8 +66,16 @@ def linear_route(
     bias: Optional[torch.Tensor] = None,
     packed: Optional[torch.Tensor] = None,
     quant: Optional[QuantWeight] = None,
+    batch_invariant: bool = False,
 ) -> Route:
-    """The fastest form of the weight for `rows` input rows (-1: not a 2-d input)."""
+    """The fastest form of the weight for `rows` input rows (-1: not a 2-d input).
+
+    batch_invariant: the same route whatever the row count, through a kernel whose result for
+    a row does not depend on the other rows (tests/srt/test_deterministic.py checks each): the
+    int4 / int8 weight-only kernels, else oneDNN's packed bf16 kernel, else one product per row.
+    """
+    if batch_invariant:
+        return _invariant_route(weight, bias, packed, quant)
     if quant is not None:
         if 0 <= rows <= min(quant.max_rows, QUANT_MAX_ROWS):
             kind, operands, group = quant.route()
@@ -74,16 +86,36 @@ def linear_route(
     return Route(ROUTE_DENSE, (weight,), 0, bias)
 
 
+def _invariant_route(
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    packed: Optional[torch.Tensor],
+    quant: Optional[QuantWeight],
+) -> Route:
+    if quant is not None and quant.route()[0] in (ROUTE_INT4, ROUTE_INT8):
+        kind, operands, group = quant.route()
+        return Route(kind, operands, group, bias)
+    if packed is not None:
+        return Route(ROUTE_PACKED, (packed,), 0, bias)
+    return Route(ROUTE_ROWWISE, (weight,), 0, bias)
+
+
 def linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: Optional[torch.Tensor] = None,
     packed: Optional[torch.Tensor] = None,
     quant: Optional[QuantWeight] = None,
+    batch_invariant: bool = False,
 ) -> torch.Tensor:
     """x [T, in] @ weight[out, in].T (+ bias), through the form that is fastest for T rows."""
-    route = linear_route(x.shape[0] if x.dim() == 2 else -1, weight, bias, packed, quant)
+    rows = x.shape[0] if x.dim() == 2 else -1
+    route = linear_route(rows, weight, bias, packed, quant, batch_invariant)
     kind = route.kind
+    if kind == ROUTE_ROWWISE:  # a matrix-vector product per row: the same for any batch
+        b = None if bias is None else bias.to(weight.dtype)
+        rows_out = [F.linear(r.to(weight.dtype), weight, b) for r in x.view(-1, 1, x.shape[-1])]
+        return torch.cat(rows_out).view(*x.shape[:-1], -1).to(x.dtype)
     if kind in (ROUTE_INT4, ROUTE_INT8, ROUTE_BF16):
         y = quant.matmul(x)
         return y if bias is None else y + bias
@@ -151,6 +183,13 @@ def use_float32_dense(model: nn.Module) -> int:
                 module.weight = nn.Parameter(dense, requires_grad=False)
                 count += 1
     return count
+
+
+def make_batch_invariant(model: nn.Module) -> None:
+    """Every Linear of model takes its batch-invariant route (see linear_route)."""
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.batch_invariant = True
 
 
 def pack_linears(model: nn.Module) -> int:

@@ -42,7 +42,13 @@ class LmHead:
     """The lm_head weight [V, D] and its faster forms (see layers/linear.py): a low-bit form for
     small batches, a oneDNN-packed copy, or a float32 copy on CPUs without bf16 dot products."""
 
-    def __init__(self, weight: torch.Tensor, quant: Optional[QuantWeight] = None) -> None:
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        quant: Optional[QuantWeight] = None,
+        batch_invariant: bool = False,
+    ) -> None:
+        self.batch_invariant = batch_invariant  # see layers/linear.py's linear_route
         self.packed = pack_weight(weight)
         self.weight = weight if self.packed is not None else dense_cpu_weight(weight)
         if quant is None and self.weight is not weight and weight.dtype == torch.bfloat16:
@@ -52,10 +58,10 @@ class LmHead:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # x [T, D] -> logits [T, V]; float32 where the dense weight is (no bf16 rounding of logits)
         small = self.quant is not None and x.shape[0] <= self.quant.max_rows
-        if self.weight.dtype == torch.float32 and not small:
+        if self.weight.dtype == torch.float32 and not small and not self.batch_invariant:
             if self.quant is None or isinstance(self.quant, Bf16Weight):
                 return torch.nn.functional.linear(x.float(), self.weight)
-        return linear(x, self.weight, None, self.packed, self.quant)
+        return linear(x, self.weight, None, self.packed, self.quant, self.batch_invariant)
 
 
 class LogitsProcessor:

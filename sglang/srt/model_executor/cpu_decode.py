@@ -19,7 +19,7 @@ from typing import Any, Optional
 import torch
 
 from sglang.srt.layers import cpu_kernels
-from sglang.srt.layers.linear import Linear, linear_route
+from sglang.srt.layers.linear import ROUTE_ROWWISE, Linear, linear_route
 from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
 from sglang.srt.model_executor.forward_batch import ForwardBatch
 from sglang.srt.models.llama import LlamaForCausalLM
@@ -52,7 +52,7 @@ class CpuDecode:
             and all(n.weight.dtype == dtype for n in norms)
             and len({n.eps for n in norms}) == 1
         )
-        return cls(model, kv_pool, kernels) if same_dtype else None
+        return cls(model, kv_pool, kernels) if same_dtype and _routes_in_cpp(model) else None
 
     def __call__(self, fb: ForwardBatch) -> torch.Tensor:
         plan = self._plans.get(fb.batch_size)
@@ -101,5 +101,12 @@ def _norms(layer: torch.nn.Module) -> list:
 
 
 def _route(rows: int, m: Linear) -> tuple:
-    r = linear_route(rows, m.weight, m.bias, m.packed, m.quant)
+    r = linear_route(rows, m.weight, m.bias, m.packed, m.quant, m.batch_invariant)
     return (r.kind, list(r.operands), r.group, r.bias)
+
+
+def _routes_in_cpp(model: torch.nn.Module) -> bool:
+    """Whether the C++ pass has every projection's route (not the Python-only per-row one)."""
+    return all(
+        _route(1, m)[0] != ROUTE_ROWWISE for m in model.modules() if isinstance(m, Linear)
+    )

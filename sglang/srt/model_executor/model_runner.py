@@ -12,7 +12,12 @@ import torch
 
 from sglang.srt.configs.model_config import ModelConfig
 from sglang.srt.layers.attention import TorchNativeAttnBackend
-from sglang.srt.layers.linear import QUANT_MAX_ROWS, pack_linears, use_float32_dense
+from sglang.srt.layers.linear import (
+    QUANT_MAX_ROWS,
+    make_batch_invariant,
+    pack_linears,
+    use_float32_dense,
+)
 from sglang.srt.layers.logits import LmHead, LogitsProcessor
 from sglang.srt.layers.pooler import Pooler, PoolingConfig
 from sglang.srt.mem_cache.memory_pool import (
@@ -45,6 +50,7 @@ class ModelRunner:
     def __init__(self, server_args: ServerArgs) -> None:
         self.server_args = server_args
         self.device = _resolve_device(server_args.device)
+        _check_deterministic(server_args, self.device)
         if self.device.type == "cpu":
             torch.set_num_threads(server_args.num_threads or os.cpu_count() or 1)
         self.model_path = resolve_model_path(server_args.model_path)
@@ -84,10 +90,13 @@ class ModelRunner:
             self.device,
         )
         packed = pack_linears(self.model)
+        invariant = self.server_args.enable_deterministic_inference
+        if invariant:
+            make_batch_invariant(self.model)
         self.logits_processor: Optional[LogitsProcessor] = None
         if not self.is_embedding:
             self.logits_processor = LogitsProcessor(
-                LmHead(self.model.lm_head_weight, lm_head_quant)
+                LmHead(self.model.lm_head_weight, lm_head_quant, invariant)
             )
         logger.info(
             "%s; dense weights: %d packed for oneDNN, %d in float32",
@@ -115,7 +124,9 @@ class ModelRunner:
             cfg.num_layers,
             device,
         )
-        self.attn_backend = TorchNativeAttnBackend(self.token_to_kv_pool)
+        self.attn_backend = TorchNativeAttnBackend(
+            self.token_to_kv_pool, self.server_args.enable_deterministic_inference
+        )
         self.compiled_decode = None
         self.cpu_decode = None
         if not self.use_torch_compile and not self.is_embedding:
@@ -228,6 +239,19 @@ class ModelRunner:
         if self.device.type == "cpu":
             tokens = min(tokens, CPU_MAX_POOL_TOKENS)
         return tokens
+
+
+def _check_deterministic(args: ServerArgs, device: torch.device) -> None:
+    """--enable-deterministic-inference runs on the CPU kernels, eagerly."""
+    if not args.enable_deterministic_inference:
+        return
+    if device.type != "cpu":
+        raise ValueError(
+            f"--enable-deterministic-inference runs on CPU only (device {device.type!r}): its "
+            "batch-invariant attention is the C++ CPU kernel"
+        )
+    if args.enable_torch_compile:
+        raise ValueError("--enable-deterministic-inference and --enable-torch-compile: pick one")
 
 
 def _resolve_device(device: str) -> torch.device:
