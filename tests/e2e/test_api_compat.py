@@ -43,6 +43,8 @@ HERMES_CALL = (
     r"</tool_call>"
 )
 THINKING = r"<think>[a-z ]{3,16}</think>\n\n[A-Z][a-z ]{3,16}\."
+
+
 def post(url: str, path: str, body: Any) -> requests.Response:
     return requests.post(url + path, json=body, timeout=300)
 
@@ -148,7 +150,9 @@ def test_completions_openai_fields(plain: openai.OpenAI, server_url: str) -> Non
 
 def _greedy(server_url: str, **params: Any) -> dict[str, Any]:
     sampling = {"max_new_tokens": 4, "temperature": 0, **params}
-    return ok(server_url, "/generate", {"text": "The capital of France is", "sampling_params": sampling})
+    return ok(
+        server_url, "/generate", {"text": "The capital of France is", "sampling_params": sampling}
+    )
 
 
 def test_logit_bias_bans_and_forces_tokens(server_url: str, plain: openai.OpenAI) -> None:
@@ -181,10 +185,63 @@ def test_sampling_seed_is_an_alias_of_seed(server_url: str) -> None:
     refused(server_url, "/generate", body, "sampling_seed")
 
 
-def test_custom_params_accepted_structural_tag_refused(server_url: str) -> None:
+def test_custom_params_accepted_bad_structural_tag_refused(server_url: str) -> None:
     assert _greedy(server_url, custom_params={"k": 1})["meta_info"]["completion_tokens"] >= 1
     body = {"text": "Hi", "sampling_params": {"structural_tag": "{}"}}
     refused(server_url, "/generate", body, "structural_tag")
+
+
+# The examples call get_weather with "city"; the structure demands "location" instead.
+WEATHER_CALL = {
+    "begin": "<function=get_weather>",
+    "schema": {
+        "type": "object",
+        "properties": {"location": {"type": "string", "maxLength": 20}},
+        "required": ["location"],
+        "additionalProperties": False,
+    },
+    "end": "</function>",
+}
+TOOL_PROMPT = (
+    "".join(
+        f'Q: weather in {c}?\nA: <function=get_weather>{{"city": "{c}"}}</function>\n'
+        for c in ("Paris", "Tokyo", "Lima", "Oslo")
+    )
+    + "Q: weather in Rome?\nA:"
+)
+
+
+def _calls(text: str) -> list[dict[str, Any]]:
+    """The arguments of each complete get_weather call in text."""
+    calls = []
+    for call in text.split("<function=")[1:]:
+        if "</function>" in call:
+            assert call.startswith("get_weather>"), text
+            calls.append(json.loads(call.removeprefix("get_weather>").split("</function>")[0]))
+    return calls
+
+
+def test_structural_tag_binds_the_tagged_call_on_both_routes(server_url: str) -> None:
+    """Free text until the trigger, then a call of the structure's schema: the model, which
+    follows its examples' "city" key when unconstrained, must write "location"."""
+    tag = {"type": "structural_tag", "structures": [WEATHER_CALL], "triggers": ["<function="]}
+    params = {"max_new_tokens": 30, "temperature": 0, "structural_tag": json.dumps(tag)}
+    native = requests.post(
+        server_url + "/generate",
+        json={"text": TOOL_PROMPT, "sampling_params": params},
+        timeout=300,
+    ).json()
+    client = openai.OpenAI(base_url=server_url + "/v1", api_key="none")
+    completion = client.completions.create(
+        model="default",
+        prompt=TOOL_PROMPT,
+        max_tokens=30,
+        temperature=0,
+        extra_body={"response_format": {**tag, "type": "structural_tag"}},
+    )
+    for text in (native["text"], completion.choices[0].text):
+        calls = _calls(text)
+        assert calls and all(set(c) == {"location"} for c in calls), text
 
 
 def _stream(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -200,7 +257,9 @@ def _stream(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
 def test_per_request_stream_interval(server_url: str) -> None:
     params = {"max_new_tokens": 9, "ignore_eos": True, "temperature": 0}
     every = _stream(server_url, {"text": "Hi", "sampling_params": params})
-    sparse = _stream(server_url, {"text": "Hi", "sampling_params": {**params, "stream_interval": 4}})
+    sparse = _stream(
+        server_url, {"text": "Hi", "sampling_params": {**params, "stream_interval": 4}}
+    )
     # a chunk after the first token, then every 4 (two may reach the client as one)
     counts = [c["meta_info"]["completion_tokens"] for c in sparse]
     assert set(counts) <= {1, 5, 9} and counts[-1] == 9

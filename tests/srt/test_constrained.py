@@ -711,3 +711,85 @@ def test_xgrammar_bad_input(xgrammar_backend):
     for kind, text in [("regex", "("), ("regex", ""), ("json_schema", "{"), ("ebnf", "junk(")]:
         with pytest.raises(ValueError):
             xgrammar_backend.validate(kind, text)
+
+
+# ---- structural tags ---------------------------------------------------------------------------
+
+WEATHER_TAG = json.dumps(
+    {
+        "type": "structural_tag",
+        "structures": [
+            {
+                "begin": "<function=get_weather>",
+                "schema": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string", "maxLength": 12}},
+                    "required": ["city"],
+                    "additionalProperties": False,
+                },
+                "end": "</function>",
+            }
+        ],
+        "triggers": ["<function="],
+    }
+)
+
+
+def _feed(grammar: BaseGrammarObject, tokenizer, text: str) -> bool:
+    """Whether the grammar allows text, token by token."""
+    for token in tokenizer.encode(text, add_special_tokens=False):
+        if not _allowed(grammar)[token]:
+            return False
+        grammar.accept_token(token)
+    return True
+
+
+def test_structural_tag_free_text_then_a_schema_bound_call(backend, tokenizer):
+    template = backend.get_future("structural_tag", WEATHER_TAG).result()
+    ok = 'Let me check. <function=get_weather>{"city": "Paris"}</function> Done.'
+    assert _feed(template.copy(), tokenizer, ok)
+    assert _feed(template.copy(), tokenizer, "plain text with no call at all")
+    assert not _feed(template.copy(), tokenizer, "Sure <function=get_time>{}")
+    assert not _feed(template.copy(), tokenizer, 'x <function=get_weather>{"town": "Rome"}')
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_structural_tag_random_logits_after_the_trigger_write_a_valid_call(
+    backend, tokenizer, seed
+):
+    """Once the text writes the trigger, random logits can only complete a valid call."""
+    grammar = backend.get_future("structural_tag", WEATHER_TAG).result().copy()
+    assert _feed(grammar, tokenizer, "I will look it up: <function=")
+    gen = torch.Generator().manual_seed(seed)
+    mask = allocate_vocab_mask(VOCAB, 1)
+    tokens: list[int] = []
+    while "</function>" not in text_of(tokenizer, tokens):
+        assert len(tokens) < 200, text_of(tokenizer, tokens)
+        _jump(grammar, Decoded(tokens, False, 0, 0, 0))
+        grammar.fill_vocab_mask(mask, 0)
+        logits = torch.randn(1, VOCAB, generator=gen)
+        apply_vocab_mask(logits, mask)
+        token = int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen))
+        assert token not in EOS_IDS, "a call cannot end half-written"
+        grammar.accept_token(token)
+        tokens.append(token)
+    call = text_of(tokenizer, tokens)
+    assert call.startswith("get_weather>"), call
+    body = call.removeprefix("get_weather>").split("</function>")[0]
+    assert set(json.loads(body)) == {"city"}
+
+
+@pytest.mark.parametrize(
+    "tag, message",
+    [
+        ("not json", "not valid JSON"),
+        ('{"structures": [], "triggers": ["<f"]}', "non-empty list"),
+        ('{"structures": [{"begin": "<g>", "schema": {}, "end": ""}], "triggers": ["<f"]}', "none of the triggers"),
+        ('{"format": {}, "type": "structural_tag"}', "unknown key"),
+    ],
+)
+def test_structural_tag_shape_errors_name_the_problem(tag, message):
+    from sglang.srt.sampling.sampling_params import SamplingParams
+
+    with pytest.raises(ValueError, match=message):
+        SamplingParams.from_dict({"structural_tag": tag})

@@ -3,6 +3,7 @@ structural_tag — parsing, refusals, and logit_bias reaching the logits."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -75,3 +76,8 @@ def test_custom_params_stream_interval_structural_tag() -> None:
     assert SamplingParams.from_dict({"structural_tag": None}).structural_tag is None
     with pytest.raises(ValueError, match="structural_tag"):
         SamplingParams.from_dict({"structural_tag": '{"structures": []}'})
+    tag = {"structures": [{"begin": "<f=a>", "schema": {}, "end": "</f>"}], "triggers": ["<f="]}
+    params = SamplingParams.from_dict({"structural_tag": tag})
+    assert params.grammar == ("structural_tag", json.dumps(tag))
+    with pytest.raises(ValueError, match="at most one"):
+        SamplingParams.from_dict({"structural_tag": tag, "regex": "a"})

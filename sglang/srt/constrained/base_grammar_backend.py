@@ -12,7 +12,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 
-GRAMMAR_KINDS = ("regex", "json_schema", "ebnf")
+GRAMMAR_KINDS = ("regex", "json_schema", "ebnf", "structural_tag")
 
 # Bit b of int32 word w in a mask row allows token 32 * w + b.
 _BITS_PER_WORD = 32

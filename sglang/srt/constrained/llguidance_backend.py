@@ -20,6 +20,7 @@ from sglang.srt.constrained.base_grammar_backend import (
     resolve_eos_ids,
     vocab_mask_width,
 )
+from sglang.srt.constrained.structural_tag import parse_structural_tag, to_llguidance
 
 # Python-style regexes get re.ASCII meaning for \d \w \s (as SGLang's other backends give them).
 _REGEX_ASCII_CLASSES = "dws"
@@ -184,6 +185,8 @@ class LLGuidanceBackend(BaseGrammarBackend):
                     schema = forbid_additional_properties(schema)
                 return LLMatcher.grammar_from_json_schema(json.dumps(schema),
                                                           defaults=self._json_options)
+            if kind == "structural_tag":
+                return LLMatcher.grammar_from_lark(to_llguidance(parse_structural_tag(text)))
             return llguidance.grammar_from("grammar", text)  # Lark, or GBNF turned into Lark
         except ValueError as e:
             raise ValueError(f"invalid {kind}: {_short(str(e))}") from None

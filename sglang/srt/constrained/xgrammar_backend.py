@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from typing import Any, Optional
 
@@ -15,6 +16,7 @@ from sglang.srt.constrained.base_grammar_backend import (
     resolve_eos_ids,
     unpack_vocab_mask,
 )
+from sglang.srt.constrained.structural_tag import parse_structural_tag
 
 _MAX_ROLLBACK_TOKENS = 256
 
@@ -141,10 +143,21 @@ class XGrammarBackend(BaseGrammarBackend):
             return self.compiler.compile_regex(text)
         if kind == "ebnf":
             return self.compiler.compile_grammar(text)
+        if kind == "structural_tag":
+            return self._compile_structural_tag(text)
         try:
             return self.compiler.compile_json_schema(text, any_whitespace=self.any_whitespace)
         except TypeError:  # versions before any_whitespace
             return self.compiler.compile_json_schema(text)
+
+    def _compile_structural_tag(self, text: str) -> Any:
+        structures = parse_structural_tag(text)
+        items = [
+            self.xgr.StructuralTagItem(begin=s.begin, schema=json.dumps(s.schema), end=s.end)
+            for s in structures
+        ]
+        triggers = sorted({s.trigger for s in structures})
+        return self.compiler.compile_structural_tag(items, triggers)
 
     def _check_can_match(self, kind: str, text: str, template: XGrammarGrammar) -> None:
         """ValueError if the start state allows no token at all (not even EOS)."""

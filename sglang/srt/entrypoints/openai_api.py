@@ -83,8 +83,11 @@ class _SamplingFields(_Strict):
 
 
 class ResponseFormat(_Strict):
-    type: Literal["text", "json_object", "json_schema"]
+    type: Literal["text", "json_object", "json_schema", "structural_tag"]
     json_schema: Optional[dict[str, Any]] = None
+    # type structural_tag (SGLang's): see constrained/structural_tag.py
+    structures: Optional[list[dict[str, Any]]] = None
+    triggers: Optional[list[str]] = None
 
 
 class CompletionRequest(_SamplingFields):
@@ -159,13 +162,18 @@ def _sampling_dict(req: _SamplingFields, max_new_tokens: int) -> dict[str, Any]:
         "custom_params": req.custom_params,
     }
     params = {k: v for k, v in fields.items() if v is not None}
-    schema = _response_format_schema(getattr(req, "response_format", None))
-    if schema is not None:
+    fmt = getattr(req, "response_format", None)
+    schema = _response_format_schema(fmt)
+    if schema is not None or (fmt is not None and fmt.type == "structural_tag"):
         if req.regex or req.ebnf or req.json_schema:
             raise RequestError(
                 "response_format cannot be combined with regex/ebnf/json_schema", "response_format"
             )
+    if schema is not None:
         params["json_schema"] = schema
+    elif fmt is not None and fmt.type == "structural_tag":
+        tag = {"type": "structural_tag", "structures": fmt.structures, "triggers": fmt.triggers}
+        params["structural_tag"] = json.dumps(tag)
     return params
 
 
@@ -183,7 +191,7 @@ def _completion_prompts(prompt: Any) -> tuple[Optional[list[str]], Optional[list
 
 
 def _response_format_schema(fmt: Optional[ResponseFormat]) -> Optional[str]:
-    if fmt is None or fmt.type == "text":
+    if fmt is None or fmt.type in ("text", "structural_tag"):
         return None
     if fmt.type == "json_object":
         return json.dumps({"type": "object"})

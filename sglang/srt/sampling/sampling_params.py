@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
+
+# The constraint fields, at most one per request (the grammar kinds of constrained/)
+GRAMMAR_FIELDS = ("regex", "json_schema", "ebnf", "structural_tag")
 
 _GREEDY_EPS = 1e-6
 
@@ -39,8 +43,9 @@ class SamplingParams:
     # Free-form parameters for a custom logit processor (kept with the request, unused by us)
     custom_params: Optional[dict[str, Any]] = None
     stream_interval: Optional[int] = None  # per-request override of --stream-interval
-    # SGLang's xgrammar structural tag: accepted only unset (no backend of ours compiles one)
-    structural_tag: Optional[str] = None
+    # SGLang's structural tag (a JSON string or object): free text with schema-bound tagged
+    # segments (constrained/structural_tag.py)
+    structural_tag: Optional[Union[str, dict[str, Any]]] = None
     # Filled by normalize(): the stop strings and stop patterns as lists
     stop_strs: list[str] = field(default_factory=list)
     stop_regexes: list[str] = field(default_factory=list)
@@ -70,7 +75,7 @@ class SamplingParams:
     @property
     def grammar(self) -> Optional[tuple[str, str]]:
         """(kind, text) of the constraint, or None."""
-        for kind in ("regex", "json_schema", "ebnf"):
+        for kind in GRAMMAR_FIELDS:
             value = getattr(self, kind)
             if value is not None:
                 return kind, value
@@ -129,10 +134,6 @@ class SamplingParams:
             _check_type("stream_interval", self.stream_interval, int)
             if self.stream_interval < 1:
                 raise ValueError(f"stream_interval must be >= 1, got {self.stream_interval}")
-        if self.structural_tag is not None:
-            raise ValueError(
-                "structural_tag is not supported (use regex, json_schema or ebnf instead)"
-            )
 
     def logit_bias_ids(self) -> dict[int, float]:
         """logit_bias with int keys; ValueError names a key that is not a token id or a bias
@@ -172,9 +173,9 @@ class SamplingParams:
                 raise ValueError(f"stop_regex {pattern!r} is not a valid regex: {e}") from None
 
     def _verify_grammar(self) -> None:
-        given = [k for k in ("regex", "json_schema", "ebnf") if getattr(self, k) is not None]
+        given = [k for k in GRAMMAR_FIELDS if getattr(self, k) is not None]
         if len(given) > 1:
-            raise ValueError(f"at most one of regex, json_schema, ebnf may be set; got {given}")
+            raise ValueError(f"at most one of {', '.join(GRAMMAR_FIELDS)} may be set; got {given}")
         if self.regex is not None:
             _check_type("regex", self.regex, str)
             if self.regex == "":
@@ -185,10 +186,15 @@ class SamplingParams:
                 raise ValueError("ebnf must not be empty")
         if self.json_schema is not None and not isinstance(self.json_schema, (str, dict, bool)):
             raise ValueError(f"json_schema must be a JSON string or an object, got {self.json_schema!r}")
+        if self.structural_tag is not None:
+            from sglang.srt.constrained.structural_tag import parse_structural_tag
+
+            tag = self.structural_tag
+            if not isinstance(tag, (str, dict)):
+                raise ValueError(f"structural_tag must be a JSON string or an object, got {tag!r}")
+            parse_structural_tag(tag if isinstance(tag, str) else json.dumps(tag))
 
     def normalize(self) -> None:
-        import json
-
         if self.stop is None:
             self.stop_strs = []
         elif isinstance(self.stop, str):
@@ -198,6 +204,8 @@ class SamplingParams:
         self.stop_regexes = [p for p in _as_list(self.stop_regex, "stop_regex") if p]
         if self.json_schema is not None and not isinstance(self.json_schema, str):
             self.json_schema = json.dumps(self.json_schema)
+        if self.structural_tag is not None and not isinstance(self.structural_tag, str):
+            self.structural_tag = json.dumps(self.structural_tag)
         if self.json_schema is not None:
             try:
                 json.loads(self.json_schema)
