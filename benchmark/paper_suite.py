@@ -197,6 +197,9 @@ def _llama_server(args: argparse.Namespace) -> ServerProcess:
         llama_cpp.build()
     n = args.llama_np
     flags = ["-t", str(args.threads), "-np", str(n), "-c", str(n * args.llama_ctx_per_slot)]
+    # an HTTP thread per slot and then some: by default it takes fewer connections than the
+    # sweep keeps in flight, and refuses the rest
+    flags += ["--threads-http", str(n + 4)]
     flags += args.llama_args.split() if args.llama_args else []
     return llama_cpp.start_llama_server(free_port(), flags)
 

@@ -318,11 +318,15 @@ class _Reply:
         usage = _usage(chunk)
         self.out.cached_tokens = _newer(usage.cached, self.out.cached_tokens)
         self.out.server_prompt_len = _newer(usage.prompt, self.out.server_prompt_len)
-        tokens = usage.completion
-        new_tokens = tokens - self.out.output_len if tokens else 0
-        self.out.output_len = tokens or self.out.output_len
         grown = text if self.api.cumulative else self.out.generated_text + text
-        if len(grown) > len(self.out.generated_text) or new_tokens > 0:
+        grew = len(grown) > len(self.out.generated_text)
+        if usage.completion is None:  # no count in this chunk: one token per chunk with text
+            new_tokens = int(grew)
+            self.out.output_len += new_tokens
+        else:  # NOTE: a server may count only in its last chunk; chunks counted before stay
+            new_tokens = max(usage.completion - self.out.output_len, 0)
+            self.out.output_len = max(usage.completion, self.out.output_len)
+        if new_tokens > 0 or grew:
             self._arrived(now, max(new_tokens, 1))
         self.out.generated_text = grown
 
