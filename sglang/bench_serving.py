@@ -410,7 +410,10 @@ async def _send_all(url: str, api: Api, rows: list[DatasetRow], args: argparse.N
     limit = asyncio.Semaphore(args.max_concurrency or len(rows))
     timeout = aiohttp.ClientTimeout(total=6 * 3600)
     bar = _progress_bar(len(rows), args.disable_tqdm)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    # NOTE: a connection per request, not kept alive: llama-server closes kept-alive
+    # connections under load, which fails the next request written on one
+    connector = aiohttp.TCPConnector(force_close=True, limit=0)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
 
         async def limited(row: DatasetRow) -> RequestOutput:
             async with limit:
