@@ -29,6 +29,9 @@ class ServerArgs:
     # Serve an embedding model (/encode, /v1/embeddings) instead of generating; a base-model
     # architecture (Qwen2Model, LlamaModel, ...) is served as one without this flag.
     is_embedding: bool = False
+    # Folder(s) (os.pathsep-separated) whose files image_data may name by path; None: requests
+    # cannot make the server read local files (data URIs, base64 and http(s) URLs still work)
+    allowed_local_media_path: Optional[str] = None
 
     # HTTP
     host: str = "127.0.0.1"

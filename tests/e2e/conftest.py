@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,3 +33,34 @@ def api_url(launch_server_variant: Any, tmp_path_factory: pytest.TempPathFactory
     )  # fmt: skip
     with launch_server_variant(*args) as server:
         yield server.url
+
+
+@dataclasses.dataclass
+class VisionServer:
+    """A server on a tiny LLaVA (tests/vision_models.py), with its model folder and images."""
+
+    url: str
+    model_path: str
+    images: dict[str, str]  # name -> PNG path (under the folder the server may read)
+
+
+@pytest.fixture(scope="session")
+def vision_server(
+    launch_server_variant: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VisionServer]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from vision_models import image_files, save_tiny_llava
+
+    model = save_tiny_llava(str(tmp_path_factory.mktemp("tiny-llava")), "llava")
+    media = tmp_path_factory.mktemp("media")
+    images = image_files(str(media))
+    args = (
+        "--model-path", model,
+        "--dtype", "float32",
+        "--quantization", "none",
+        "--context-length", "128",
+        "--chunked-prefill-size", "16",  # prompts' chunks cut through images
+        "--allowed-local-media-path", str(media),
+    )  # fmt: skip
+    with launch_server_variant(*args) as server:
+        yield VisionServer(server.url, model, images)

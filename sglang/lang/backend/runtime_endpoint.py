@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import threading
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
@@ -96,14 +97,15 @@ class RuntimeEndpoint(BaseBackend):
         if name is not None:
             return get_chat_template(name)
         by_path = get_chat_template_by_model_path(self.model_info.get("model_path"))
+        # a vision-language server names its image token; the template puts it where images stand
+        served = self.model_info.get("image_token")
+        image_token = served if isinstance(served, str) and served else by_path.image_token
         source = self.model_info.get("chat_template")
         if isinstance(source, str) and source:
-            from_jinja = chat_template_from_jinja(
-                source, name="model", image_token=by_path.image_token
-            )
+            from_jinja = chat_template_from_jinja(source, name="model", image_token=image_token)
             if from_jinja is not None:
                 return from_jinja
-        return by_path
+        return dataclasses.replace(by_path, image_token=image_token)
 
     def get_model_name(self) -> str:
         return str(self.model_info.get("model_path"))

@@ -53,6 +53,7 @@ class ModelConfig:
         cfg = _read_json(os.path.join(path, "config.json"))
         if cfg is None:
             raise ValueError(f"model path {path!r}: no config.json there")
+        cfg = _with_text_config(cfg)
         missing = [k for k in _REQUIRED if k not in cfg]
         if missing:
             raise ValueError(f"model path {path!r}: config.json lacks {missing}")
@@ -85,6 +86,14 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     if dtype not in _DTYPES:
         raise ValueError(f"dtype={dtype!r}: expected auto or one of {sorted(_DTYPES)}")
     return _DTYPES[dtype]
+
+
+def _with_text_config(cfg: dict) -> dict:
+    """A vision-language config's decoder facts (its text_config) at the top level."""
+    text = cfg.get("text_config")
+    if not isinstance(text, dict):
+        return cfg
+    return {**cfg, **text, "architectures": cfg.get("architectures")}
 
 
 def _read_json(path: str) -> Optional[dict]:

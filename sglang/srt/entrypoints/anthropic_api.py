@@ -181,9 +181,10 @@ def _describe_validation_error(e: ValidationError) -> str:
 
 
 def to_openai_messages(req: MessagesRequest) -> tuple[list[dict[str, Any]], list[str]]:
-    """Anthropic messages (and system) as OpenAI-style messages with string content, plus images.
+    """Anthropic messages (and system) as OpenAI-style messages, plus their images.
 
-    Images become data URLs (or plain URLs) in the order they appear; an assistant's tool_use
+    Content is a string, or text and image_url parts where a message holds images; the images
+    are data URLs (or plain URLs), also listed in the order they appear; an assistant's tool_use
     blocks become its tool_calls, and each tool_result block a `tool` message.
     """
     messages: list[dict[str, Any]] = []
@@ -202,7 +203,7 @@ def to_openai_messages(req: MessagesRequest) -> tuple[list[dict[str, Any]], list
 
 
 def _blocks_to_messages(m: Message, images: list[str]) -> list[dict[str, Any]]:
-    texts: list[str] = []
+    texts: list[Any] = []  # strings, and image_url parts where images stand
     calls: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
     for block in m.content:
@@ -210,6 +211,7 @@ def _blocks_to_messages(m: Message, images: list[str]) -> list[dict[str, Any]]:
             texts.append(block.text)
         elif isinstance(block, ImageBlock):
             images.append(_image_url(block.source))
+            texts.append({"type": "image_url", "image_url": {"url": images[-1]}})
         elif isinstance(block, ToolUseBlock):
             if m.role != "assistant":
                 raise ValueError("tool_use blocks belong to assistant messages")
@@ -225,13 +227,20 @@ def _blocks_to_messages(m: Message, images: list[str]) -> list[dict[str, Any]]:
             results.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": text})
     out = list(results)
     if texts or not (calls or results):
-        out.append({"role": m.role, "content": "".join(texts)})
+        out.append({"role": m.role, "content": _content(texts)})
     if calls:
         if out and out[-1]["role"] == "assistant":
             out[-1]["tool_calls"] = calls
         else:
             out.append({"role": "assistant", "content": "", "tool_calls": calls})
     return out
+
+
+def _content(pieces: list[Any]) -> Any:
+    """A message's content: a string, or OpenAI-style parts when it holds images."""
+    if all(isinstance(p, str) for p in pieces):
+        return "".join(pieces)
+    return [{"type": "text", "text": p} if isinstance(p, str) else p for p in pieces]
 
 
 def tool_plan(req: MessagesRequest, tm: "TokenizerManager") -> ToolPlan:
@@ -280,7 +289,12 @@ def build_generate_request(
     plan = plan or tool_plan(req, tm)
     messages, images = to_openai_messages(req)
     prefill = ""
-    if messages[-1]["role"] == "assistant" and "tool_calls" not in messages[-1]:
+    last = messages[-1]
+    if (
+        last["role"] == "assistant"
+        and "tool_calls" not in last
+        and isinstance(last["content"], str)
+    ):
         prefill = messages.pop()["content"]
     if not any(m["role"] in ("user", "tool") for m in messages):
         raise ValueError("messages must contain at least one 'user' message")

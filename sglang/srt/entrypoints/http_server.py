@@ -229,6 +229,8 @@ def _model_info(tm: TokenizerManager) -> dict[str, Any]:
         "chat_template": tm.chat_template,
         "served_model_name": tm.served_model_name,
         "context_length": tm.context_len,
+        # the prompt text standing for one image (vision-language models only)
+        **({"image_token": tm.image_token} if tm.image_token else {}),
     }
 
 

@@ -31,6 +31,7 @@ from sglang.srt.entrypoints.http_common import (
 )
 from sglang.srt.function_call.parsers import ToolCall
 from sglang.srt.function_call.tool_choice import ToolPlan
+from sglang.srt.managers.chat_messages import message_images
 from sglang.srt.managers.io_struct import GenerateOutput, GenerateReqInput, LogprobEntry
 from sglang.srt.reasoning_parser import ReasoningStream, split_reasoning
 
@@ -467,6 +468,7 @@ class _ChatCall(_OpenAICall):
                     "tool_choice",
                 )
             params["json_schema"] = forced
+        images = message_images(req.messages)
         self.native = GenerateReqInput(
             text=[prompt],
             sampling_params=params,
@@ -474,6 +476,7 @@ class _ChatCall(_OpenAICall):
             top_logprobs_num=req.top_logprobs or 0,
             return_text_in_logprobs=True,
             stream=req.stream,
+            image_data=[images] if images else None,  # a batch of one prompt
         )
 
     def logprobs(self, out: GenerateOutput, start: int = 0) -> Optional[dict[str, Any]]:

@@ -32,25 +32,46 @@ def load_chat_template(value: Optional[str]) -> Optional[str]:
     )
 
 
-def normalize_messages(messages: Any) -> list[dict[str, Any]]:
+def normalize_messages(messages: Any, image_token: Optional[str] = None) -> list[dict[str, Any]]:
     """OpenAI-style messages -> [{"role", "content": str, ...}]; ValueError names a bad message.
 
     An assistant message keeps its `tool_calls` (arguments as objects, as chat templates expect
-    them); a tool message keeps `tool_call_id` and `name`.
+    them); a tool message keeps `tool_call_id` and `name`. An image part becomes `image_token`
+    where it stands (a model that reads no images has none: the part is refused).
     """
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages must be a non-empty list")
-    return [_normalize_message(i, m) for i, m in enumerate(messages)]
+    return [_normalize_message(i, m, image_token) for i, m in enumerate(messages)]
 
 
-def _normalize_message(i: int, message: Any) -> dict[str, Any]:
+def message_images(messages: Any) -> list[str]:
+    """The URLs of the image parts of OpenAI-style messages, in order."""
+    urls = []
+    for message in messages if isinstance(messages, list) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else []:
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                urls.append(_image_url(part))
+    return urls
+
+
+def _image_url(part: dict[str, Any]) -> str:
+    value = part.get("image_url")
+    url = value.get("url") if isinstance(value, dict) else value
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"an image_url part needs image_url.url, got {value!r}")
+    return url
+
+
+def _normalize_message(i: int, message: Any, image_token: Optional[str] = None) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ValueError(f"messages[{i}] must be an object, got {message!r}")
     role = message.get("role")
     if role not in _CHAT_ROLES:
         raise ValueError(f"messages[{i}].role={role!r}: expected one of {_CHAT_ROLES}")
     role = "system" if role == "developer" else role
-    out: dict[str, Any] = {"role": role, "content": _content_text(i, message.get("content"))}
+    content = _content_text(i, message.get("content"), image_token)
+    out: dict[str, Any] = {"role": role, "content": content}
     if role == "assistant" and message.get("tool_calls"):
         out["tool_calls"] = _tool_calls(i, message["tool_calls"])
     if role == "tool":
@@ -88,7 +109,7 @@ def _tool_calls(i: int, calls: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _content_text(i: int, content: Any) -> str:
+def _content_text(i: int, content: Any, image_token: Optional[str] = None) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
@@ -98,6 +119,9 @@ def _content_text(i: int, content: Any) -> str:
     texts = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "image_url" and image_token is not None:
+            texts.append(image_token)
+            continue
         if kind != "text" or not isinstance(part.get("text"), str):
             raise ValueError(
                 f"messages[{i}].content: part of type {kind!r} is not supported "

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
 from sglang.srt.sampling.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from sglang.srt.multimodal.inputs import MultimodalInputs
 
 
 class RequestFailed(RuntimeError):
@@ -62,6 +65,8 @@ class TokenizedGenerateReqInput:
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
     stream: bool = False
+    # The prompt's images, preprocessed (vision-language models); input_ids hold their pad ids
+    mm_inputs: Optional[MultimodalInputs] = None
 
 
 @dataclass

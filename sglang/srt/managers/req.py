@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from sglang.srt.managers.detokenizer import OutputStream
     from sglang.srt.mem_cache.radix_cache import TreeNode
+    from sglang.srt.multimodal.inputs import MultimodalInputs
 
 
 @dataclass
@@ -94,6 +95,8 @@ class Req:
     grammar: GrammarState = field(default_factory=GrammarState)
     # An embedding request's pooling (None for generation); written by the EmbeddingProcessor.
     pooling: Optional[PoolState] = None
+    # The prompt's images (vision-language models); their features are filled by the model.
+    mm_inputs: Optional[MultimodalInputs] = None
 
     def __post_init__(self) -> None:
         self.fill_ids = list(self.origin_input_ids) + list(self.output_ids)
@@ -114,6 +117,7 @@ class Req:
             return_logprob=msg.return_logprob,
             stream=msg.stream,
             logprob=LogprobState(msg.logprob_start_len, msg.top_logprobs_num),
+            mm_inputs=msg.mm_inputs,
         )
 
     # ---- tokens ----------------------------------------------------------------------------

@@ -35,6 +35,7 @@ class RequestBuilder:
         """The requests of a body (a batch or n > 1 gives several) and whether it is a batch."""
         prompts, is_batch = self._prompts(obj)
         rids = _base_rids(obj.rid, len(prompts), is_batch)
+        images = prompt_images(obj.image_data, len(prompts), is_batch)
         reqs: list[TokenizedGenerateReqInput] = []
         for i, (text, ids) in enumerate(prompts):
             params = self._sampling_params(
@@ -42,25 +43,45 @@ class RequestBuilder:
             )
             if text is not None:
                 ids = self.tm.tokenize(text)
+            mm = None
+            if images[i]:
+                ids, mm = self._with_images(ids, images[i])
             ids = self._check_ids(ids, params)
             if params.n > 1:
                 is_batch = True
             for j, copy_params in enumerate(_expand_n(params)):
                 rid = rids[i] if params.n == 1 else f"{rids[i]}_{j}"
-                reqs.append(self._make_req(obj, i, prompts, rid, text, ids, copy_params))
+                reqs.append(self._make_req(obj, i, prompts, rid, text, ids, copy_params, mm))
         self._check_rids_free(reqs)
         return reqs, is_batch
 
     def _prompts(self, obj: GenerateReqInput) -> tuple[list[Prompt], bool]:
         if not self.tm.is_generation:
             raise ValueError(NOT_A_GENERATION_SERVER)
-        if obj.image_data:
+        if obj.image_data and self.tm.image_processor is None:
             raise ValueError("image_data: the served model does not take images")
         if (obj.text is None) == (obj.input_ids is None):
             raise ValueError("give exactly one of text and input_ids")
         if obj.text is not None:
             return _text_prompts(obj.text)
         return _ids_prompts(obj.input_ids)
+
+    def _with_images(self, ids: Optional[list[int]], sources: list[Any]) -> tuple[list[int], Any]:
+        """The prompt with its image tokens expanded, and the preprocessed images."""
+        from sglang.srt.multimodal.image_loader import load_image
+
+        assert ids is not None and self.tm.image_processor is not None
+        allowed = self.tm.allowed_media_dirs
+        loaded = [load_image(s, allowed) for s in sources]
+        ids, mm = self.tm.image_processor.expand(list(ids), loaded)
+        if len(ids) >= self.tm.context_len:
+            taken = sum(im.num_tokens for im in mm.images)
+            raise ValueError(
+                f"the prompt with its {len(loaded)} image(s) takes {len(ids)} positions "
+                f"({taken} for the images), not less than the context length "
+                f"({self.tm.context_len} tokens)"
+            )
+        return ids, mm
 
     def _sampling_params(self, raw: Any) -> SamplingParams:
         params = SamplingParams.from_dict(copy.deepcopy(raw))
@@ -112,6 +133,7 @@ class RequestBuilder:
         text: Optional[str],
         ids: list[int],
         params: SamplingParams,
+        mm: Any = None,
     ) -> TokenizedGenerateReqInput:
         # NOTE: null means the default, as in SGLang (whose clients send these as null).
         return_logprob = _or(_pick(obj.return_logprob, "return_logprob", i, prompts), False)
@@ -129,6 +151,7 @@ class RequestBuilder:
             logprob_start_len=start if return_logprob else -1,
             top_logprobs_num=top if return_logprob else 0,
             stream=obj.stream,
+            mm_inputs=mm,
         )
 
     def _check_rids_free(self, reqs: list[TokenizedGenerateReqInput]) -> None:
@@ -163,6 +186,21 @@ def _ids_prompts(ids: Any) -> tuple[list[tuple[None, Optional[list[int]]]], bool
                 raise ValueError(f"input_ids: expected a list of token ids, got {row!r}")
         return [(None, list(row)) for row in ids], True
     return [(None, list(ids))], False
+
+
+def prompt_images(image_data: Any, count: int, is_batch: bool) -> list[list[Any]]:
+    """Each prompt's image_data entries: one image or a list of them for a single prompt; for a
+    batch, a list with one entry (None, one image or a list) per prompt."""
+    if not image_data:
+        return [[] for _ in range(count)]
+    if not is_batch:
+        return [image_data if isinstance(image_data, list) else [image_data]]
+    if not isinstance(image_data, list) or len(image_data) != count:
+        raise ValueError(
+            f"image_data of a batch of {count} prompts must be a list of {count} entries "
+            "(each None, one image or a list of images)"
+        )
+    return [[] if e is None else e if isinstance(e, list) else [e] for e in image_data]
 
 
 def _pick(value: Any, name: str, i: int, prompts: list) -> Any:

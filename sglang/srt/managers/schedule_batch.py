@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 
@@ -56,7 +57,19 @@ def build_forward_batch(
         return_logprob=any(want_logprob),
         extend_logprob_start_lens_cpu=starts,
         top_logprobs_nums=[c.req.logprob.top_num if w else 0 for c, w in zip(chunks, want_logprob)],
+        mm_inputs=_mm_inputs(mode, chunks),
     )
+
+
+def _mm_inputs(mode: ForwardMode, chunks: list[ScheduledChunk]) -> Optional[list[Any]]:
+    """Each request's images, for an extend pass where some chunk covers image positions."""
+    if mode != ForwardMode.EXTEND:
+        return None
+    mms = [c.req.mm_inputs for c in chunks]
+    hit = any(
+        mm is not None and mm.overlapping(c.start, c.start + c.length) for c, mm in zip(chunks, mms)
+    )
+    return mms if hit else None
 
 
 def logprob_offset(c: ScheduledChunk) -> int:

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Optional, Union
 
@@ -121,6 +122,7 @@ class TokenizerManager:
         self._token_text_cache: dict[int, str] = {}
         self._max_token_chars: Optional[int] = None  # the longest token's text, for tokenize()
         self.builder = RequestBuilder(self)
+        self._image_processor: Any = None  # built at the first image (see image_processor)
         self._tasks: list[asyncio.Task] = []
         self._ready: Optional[asyncio.Event] = None
         self._zmq_ctx: Optional[zmq.asyncio.Context] = None
@@ -212,6 +214,30 @@ class TokenizerManager:
         return bool(self.model_info.get("is_generation", True))
 
     @property
+    def image_processor(self) -> Any:
+        """The served model's ImageProcessor; None for a model that reads no images."""
+        if self._image_processor is None and self.is_ready:
+            from sglang.srt.multimodal.processors import create_image_processor
+
+            path = self.model_info.get("model_path") or self.tokenizer_path
+            self._image_processor = create_image_processor(path, self.vocab_size) or False
+        return self._image_processor or None
+
+    @property
+    def image_token(self) -> Optional[str]:
+        """The prompt text that stands for one image (None for a text-only model)."""
+        processor = self.image_processor
+        if processor is None:
+            return None
+        return self.tokenizer.convert_ids_to_tokens(processor.image_token_id)
+
+    @property
+    def allowed_media_dirs(self) -> list[str]:
+        """Folders whose files image_data may name (--allowed-local-media-path); none by default."""
+        given = self.server_args.allowed_local_media_path
+        return [d for d in given.split(os.pathsep) if d] if given else []
+
+    @property
     def vocab_size(self) -> int:
         return int(self.model_info.get("vocab_size") or len(self.tokenizer))
 
@@ -252,7 +278,7 @@ class TokenizerManager:
             raise ValueError(
                 "the model has no chat template; start the server with --chat-template"
             )
-        plain = normalize_messages(messages)
+        plain = normalize_messages(messages, self.image_token)
         kwargs = _template_kwargs(template_kwargs)
         if tools or any("tool_calls" in m for m in plain):
             parser = self.tool_parser or get_parser("hermes")
@@ -311,7 +337,8 @@ class TokenizerManager:
     ) -> AsyncIterator[Union[dict[str, Any], list[dict[str, Any]]]]:
         """Run one /generate body; yields native outputs (see module docs of http_server)."""
         await self._require_ready()
-        if _text_size(obj.text) > _BUILD_INLINE_CHARS:  # the event loop keeps serving others
+        # NOTE: images are read and preprocessed there too; the event loop keeps serving others
+        if _text_size(obj.text) > _BUILD_INLINE_CHARS or obj.image_data:
             reqs, is_batch = await asyncio.to_thread(_build_and_trim, self.builder, obj)
         else:
             reqs, is_batch = self.builder.build(obj)

@@ -47,6 +47,9 @@ class ForwardBatch:
     extend_logprob_start_lens_cpu: Optional[list[int]] = None
     top_logprobs_nums: Optional[list[int]] = None
 
+    # EXTEND passes with images: per request, its MultimodalInputs or None (vision models read it)
+    mm_inputs: Optional[list[Any]] = None
+
     # Filled by the attention backend's init_forward_metadata() (once per pass, not per layer).
     attn_metadata: Any = None
     extra: dict = field(default_factory=dict)

@@ -85,7 +85,11 @@ def load_model(config: ModelConfig, device: torch.device) -> nn.Module:
     model_cls = get_model_class(config.architecture)
     with torch.device(device), _default_dtype(config.dtype):
         model = model_cls(config)
-    load_weights(model, iter_checkpoint(config.path))
+    own_loader = getattr(model, "load_checkpoint", None)  # models with parts loaded their way
+    if own_loader is not None:
+        own_loader(iter_checkpoint(config.path))
+    else:
+        load_weights(model, iter_checkpoint(config.path))
     return model.eval()
 
 
@@ -117,14 +121,21 @@ def iter_checkpoint(folder: str) -> Iterator[tuple[str, torch.Tensor]]:
         yield from torch.load(file, map_location="cpu", weights_only=True).items()
 
 
-def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+def load_weights(
+    model: nn.Module,
+    weights: Iterable[tuple[str, torch.Tensor]],
+    params: dict[str, nn.Parameter] | None = None,
+    packed: dict | None = None,
+) -> None:
     """Copy checkpoint tensors into model's parameters (casting), fusing packed projections.
 
+    `params`: the parameters to fill, each fully (default: all of model's); `packed` overrides
+    model.packed_modules ({} loads one to one).
     NOTE: model.packed_modules maps a checkpoint projection name (q_proj) to our fused module
     (qkv_proj) and the shard index in its MergedLinear.output_sizes.
     """
-    params = dict(model.named_parameters())
-    packed: dict = getattr(model, "packed_modules", {})
+    params = dict(model.named_parameters()) if params is None else params
+    packed = getattr(model, "packed_modules", {}) if packed is None else packed
     ignored: set = getattr(model, "ignored_weights", set())
     rows_loaded = dict.fromkeys(params, 0)
     for name, tensor in weights:

@@ -82,10 +82,15 @@ class LlamaModel(nn.Module):
         )
 
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: ForwardBatch
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        forward_batch: ForwardBatch,
+        input_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        # input_ids, positions: [T] int64 -> [T, hidden] after the final norm
-        x = self.embed_tokens(input_ids)
+        # input_ids, positions: [T] int64 -> [T, hidden] after the final norm; input_embeds
+        # [T, hidden] replaces the embedding lookup (vision-language models put images there)
+        x = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
         rope = self.rotary.lookup(positions)  # once per pass, shared by all layers
         residual = None
         for layer in self.layers:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from sglang.srt.models.llama import LlamaForCausalLM
+from sglang.srt.models.llava import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 from sglang.srt.models.qwen2 import Qwen2ForCausalLM
 
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
@@ -17,6 +18,8 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     # Mistral without sliding window: exact up to its window (4096 tokens in v0.1, none later)
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
+    "LlavaForConditionalGeneration": LlavaForConditionalGeneration,
+    "LlavaNextForConditionalGeneration": LlavaNextForConditionalGeneration,
 }
 
 
