@@ -221,3 +221,83 @@ def test_a_text_model_refuses_images(server_url):
     }
     out = post(server_url, "/v1/chat/completions", chat)
     assert out.status_code == 400 and "image_url" in out.text
+
+
+def write_video(path: str, frames: int) -> str:
+    """A small mpeg4 video whose frame i is a solid gray of level 20 * i."""
+    av = pytest.importorskip("av")
+    import numpy as np
+
+    with av.open(path, "w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for i in range(frames):
+            pixels = np.full((32, 32, 3), 20 * i, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_frontend_video_sends_sampled_frames(vision_server, tmp_path):
+    from sglang.utils import sample_video_frames
+
+    video = write_video(str(tmp_path / "gray.mp4"), 8)
+
+    @sgl.function
+    def describe(s, path):
+        s += sgl.user(sgl.video(path, 3) + "what happens?")
+        s += sgl.assistant(sgl.gen("answer", max_tokens=4, temperature=0, ignore_eos=True))
+
+    backend = sgl.RuntimeEndpoint(vision_server.url)
+    state = describe.run(path=video, backend=backend)
+    prompt = state.text()[: -len(state["answer"] + "<|im_end|>\n")]
+    assert prompt.count("<image>") == 3
+    frames = [
+        "data:image/png;base64," + base64.b64encode(f).decode()
+        for f in sample_video_frames(video, 3)
+    ]
+    body = {
+        "text": prompt,
+        "image_data": frames,
+        "sampling_params": {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True},
+    }
+    direct = post(vision_server.url, "/generate", body).json()
+    assert state["answer"] == direct["text"]
+    assert direct["meta_info"]["prompt_tokens"] > 3 * 4  # three images of 4 positions each
+
+
+@pytest.fixture(scope="module")
+def next_server(launch_server_variant: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from vision_models import image_files, save_tiny_llava
+
+    model = save_tiny_llava(str(tmp_path_factory.mktemp("tiny-llava-next")), "llava_next")
+    images = image_files(str(tmp_path_factory.mktemp("next-media")))
+    args = (
+        "--model-path",
+        model,
+        "--dtype",
+        "float32",
+        "--quantization",
+        "none",
+        "--chunked-prefill-size",
+        "8",
+    )
+    with launch_server_variant(*args) as server:
+        yield server.url, model, images
+
+
+def test_llava_next_any_resolution_through_the_server(next_server):
+    url, model, images = next_server
+    ref_pair = reference(model)
+    tokenizer = ref_pair[1].tokenizer
+    for name, positions in (("a", 14), ("tall", 16)):  # the grid depends on the aspect ratio
+        out = generate(url, data_uri(images[name]))
+        assert out.status_code == 200, out.text
+        body = out.json()
+        assert body["output_ids"] == ref_generate(ref_pair, PROMPT, [images[name]], 6)
+        assert body["meta_info"]["prompt_tokens"] == len(tokenizer.encode(PROMPT)) - 1 + positions
+    again = generate(url, data_uri(images["tall"])).json()
+    assert again["meta_info"]["cached_tokens"] == again["meta_info"]["prompt_tokens"] - 1
