@@ -207,7 +207,11 @@ class FakeTokenizerManager:
         self.reject: Optional[str] = None
 
     def apply_chat_template(self, messages: list[dict], tools: Any = None) -> str:
-        rendered = "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages)
+        from sglang.srt.managers.chat_messages import normalize_messages
+
+        # as the real one does for a vision-language model: image parts become its image token
+        plain = normalize_messages(messages, image_token="<image>")
+        rendered = "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in plain)
         return rendered + "<assistant>"
 
     async def generate_request(self, obj: Any, request: Any = None) -> AsyncIterator[Any]:
@@ -336,7 +340,7 @@ def test_route_prefill_and_images(route, client):
         max_tokens=3,
     )
     obj = tm.received[-1]
-    assert obj.text == "<user>Color?</user><assistant>It is"
+    assert obj.text == "<user><image>Color?</user><assistant>It is"  # the image where it stands
     assert obj.image_data == [f"data:image/png;base64,{data}"]
     assert msg.content[0].text == "Hello there. How "
 
