@@ -17,14 +17,11 @@ class ImageItem:
     between requests with the same image. The model puts the image's features there.
     """
 
-    pixel_values: (
-        torch.Tensor
-    )  # LLaVA: [3, H, W]; LLaVA-NeXT: [tiles, 3, H, W]; Qwen2-VL: [patches, C*T*P*P]
+    pixel_values: torch.Tensor  # LLaVA: [3, H, W]; LLaVA-NeXT: [tiles, 3, H, W]
     hash: int  # 64-bit digest of the pixels
     offset: int  # first prompt position of the image
     num_tokens: int
     image_size: Optional[tuple[int, int]] = None  # (height, width) before preprocessing
-    grid_thw: Optional[tuple[int, int, int]] = None  # Qwen2-VL's patch grid (t, h, w)
     # Filled by the model at the first pass that reaches the image; [num_tokens, hidden].
     features: Optional[torch.Tensor] = None
 
@@ -38,9 +35,6 @@ class MultimodalInputs:
     """The images of one request, in prompt order."""
 
     images: list[ImageItem] = field(default_factory=list)
-    # Qwen2-VL's M-RoPE: [3, prompt_len] positions and the shift of text after the prompt.
-    mrope_positions: Optional[torch.Tensor] = None
-    mrope_delta: int = 0
 
     def overlapping(self, start: int, end: int) -> list[ImageItem]:
         """The images with at least one position in [start, end)."""
