@@ -75,6 +75,15 @@ class ServerArgs:
     # chunking and its cached prefix: batch-invariant kernels (CPU), at a cost in speed
     enable_deterministic_inference: bool = False
 
+    # Parallelism. dp_size: scheduler replicas (each its own process and model copy) behind
+    # one HTTP front, requests routed by cached prefix and load. Tensor parallelism and
+    # several nodes are not supported yet; their flags (SGLang's names) say so.
+    dp_size: int = 1
+    tp_size: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    dist_init_addr: Optional[str] = None
+
     # Misc
     log_level: str = "info"
     random_seed: int = 0
@@ -114,12 +123,14 @@ class ServerArgs:
             "watchdog_timeout",
             "max_queued_requests",
             "max_request_bytes",
+            "dp_size",
         )
         for name in positive:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name}={value!r}: must be positive")
         self._check_parsers()
+        self._check_parallelism()
         if self.enable_torch_compile and self.disable_torch_compile:
             raise ValueError("enable_torch_compile and disable_torch_compile: pick one")
         if self.chunked_prefill_size <= 0:
@@ -146,6 +157,22 @@ class ServerArgs:
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise ValueError(f"{name}={value!r}: expected one of {tuple(sorted(allowed))}")
+
+    def _check_parallelism(self) -> None:
+        """Data parallelism only, for now: refuse the tensor-parallel and multi-node flags."""
+        unsupported = (
+            ("tp_size", self.tp_size != 1, "tensor parallelism"),
+            ("nnodes", self.nnodes != 1, "serving across several nodes"),
+            ("node_rank", self.node_rank != 0, "serving across several nodes"),
+            ("dist_init_addr", self.dist_init_addr is not None, "serving across several nodes"),
+        )
+        for name, given, what in unsupported:
+            if given:
+                value = getattr(self, name)
+                raise ValueError(
+                    f"{name}={value!r}: {what} is not supported yet "
+                    "(use --dp-size N for several replicas on this machine)"
+                )
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -196,3 +223,7 @@ class PortArgs:
 
         base = tempfile.mkdtemp(prefix="sglang-ipc-")
         return cls(f"ipc://{base}/scheduler", f"ipc://{base}/tokenizer")
+
+    def for_replica(self, rank: int) -> "PortArgs":
+        """The endpoints of data-parallel replica `rank`, in the same folder as these."""
+        return PortArgs(f"{self.scheduler_input_ipc}-dp{rank}", f"{self.tokenizer_ipc}-dp{rank}")

@@ -12,6 +12,7 @@ import threading
 import weakref
 from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
 
+from sglang.srt.managers.data_parallel import Replica, start_replicas
 from sglang.srt.managers.io_struct import EmbeddingReqInput, GenerateReqInput, outputs_json
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
 from sglang.srt.server_args import PortArgs, ServerArgs
@@ -28,9 +29,14 @@ class Subprocesses:
     scheduler_args: ServerArgs  # model_path replaced by the resolved local folder
     port_args: PortArgs
     process: multiprocessing.process.BaseProcess
+    # --dp-size N > 1: every replica (process above is replicas[0]'s); empty for one scheduler
+    replicas: list[Replica] = dataclasses.field(default_factory=list)
 
     def stop(self, grace_s: float = 10.0) -> None:
-        stop_process(self.process, grace_s)
+        if self.replicas:
+            stop_processes([r.process for r in self.replicas], grace_s)
+        else:
+            stop_process(self.process, grace_s)
         folder = self.port_args.tokenizer_ipc.removeprefix("ipc://").rsplit("/", 1)[0]
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -47,6 +53,9 @@ def launch_subprocesses(
         from sglang.srt.managers.scheduler_process import run_scheduler_process as target
     port_args = PortArgs.new()
     ctx = multiprocessing.get_context("spawn")
+    if server_args.dp_size > 1:
+        replicas = start_replicas(ctx, target, scheduler_args, port_args)
+        return Subprocesses(scheduler_args, port_args, replicas[0].process, replicas)
     # NOTE: daemon, so the scheduler is terminated when this process exits normally; the
     # scheduler itself also exits when it notices its parent is gone (e.g. after SIGKILL).
     proc = ctx.Process(
@@ -64,6 +73,15 @@ def stop_process(proc: multiprocessing.process.BaseProcess, grace_s: float = 10.
     if proc.is_alive():
         proc.kill()
         proc.join()
+
+
+def stop_processes(procs: list[multiprocessing.process.BaseProcess], grace_s: float) -> None:
+    """stop_process for several at once: all get SIGTERM first, then share the grace period."""
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        stop_process(proc, grace_s)
 
 
 class Engine:
@@ -89,7 +107,11 @@ class Engine:
         self._subprocesses = launch_subprocesses(self.server_args)
         sub = self._subprocesses
         self.tokenizer_manager = TokenizerManager(
-            self.server_args, sub.port_args, sub.scheduler_args.model_path, sub.process
+            self.server_args,
+            sub.port_args,
+            sub.scheduler_args.model_path,
+            sub.process,
+            sub.replicas,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(

@@ -319,6 +319,7 @@ def launch_server(server_args: ServerArgs) -> int:
             subprocesses.port_args,
             subprocesses.scheduler_args.model_path,
             subprocesses.process,
+            subprocesses.replicas,
         )
         app = create_app(tm)
         config = uvicorn.Config(

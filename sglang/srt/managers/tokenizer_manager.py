@@ -19,6 +19,7 @@ from sglang.srt.managers.chat_messages import (
     normalize_messages,
     with_tools_in_text,
 )
+from sglang.srt.managers.data_parallel import DataParallelLink, Replica
 from sglang.srt.managers.embedding_builder import build_embedding_requests, embedding_output
 from sglang.srt.managers.io_struct import (
     AbortReq,
@@ -84,6 +85,7 @@ class TokenizerManager:
         port_args: PortArgs,
         resolved_model_path: Optional[str] = None,
         scheduler_process: Optional[BaseProcess] = None,
+        replicas: Optional[list[Replica]] = None,
     ) -> None:
         self.server_args = server_args
         self.port_args = port_args
@@ -93,6 +95,8 @@ class TokenizerManager:
             server_args.model_path
         )
         self.scheduler_process = scheduler_process
+        # --dp-size > 1: the replicas' sockets and the routing between them (None: one scheduler)
+        self.dp: Optional[DataParallelLink] = DataParallelLink(replicas) if replicas else None
         self.tokenizer = load_tokenizer(self.tokenizer_path, server_args.trust_remote_code)
         self._template_override = load_chat_template(server_args.chat_template)
         self.tool_parser: Optional[ToolCallParser] = (
@@ -141,8 +145,15 @@ class TokenizerManager:
         self._send_sock.setsockopt(zmq.SNDHWM, 0)
         self._send_sock.connect(self.port_args.scheduler_input_ipc)
         self._tasks = [asyncio.create_task(self._recv_loop())]
-        if self.scheduler_process is not None:
-            self._tasks.append(asyncio.create_task(self._watch_scheduler()))
+        if self.dp is not None:
+            self.dp.open(self._zmq_ctx)
+            self._tasks += self.dp.recv_tasks(self._handle)
+            for r in self.dp.replicas:
+                label = f"scheduler replica {r.rank} (of --dp-size {len(self.dp.replicas)})"
+                self._tasks.append(asyncio.create_task(self._watch_scheduler(r.process, label)))
+        elif self.scheduler_process is not None:
+            watch = self._watch_scheduler(self.scheduler_process, "the scheduler process")
+            self._tasks.append(asyncio.create_task(watch))
 
     async def wait_ready(self) -> SchedulerReady:
         """Wait for the scheduler's SchedulerReady; RuntimeError with its message if it failed."""
@@ -163,14 +174,20 @@ class TokenizerManager:
         heartbeat and no step running for too long."""
         if not self.is_ready or self.draining:
             return False
-        if self.scheduler_process is None or self._heartbeat is None:
+        heartbeat = self._last_heartbeat
+        if self.scheduler_process is None or heartbeat is None:
             return True
-        arrived, beat = self._heartbeat
+        arrived, beat = heartbeat
         step_limit = min(_STEP_STALE_S, self.server_args.watchdog_timeout)
         fresh = time.monotonic() - arrived < min(
             _HEARTBEAT_STALE_S, self.server_args.watchdog_timeout
         )
         return fresh and beat.step_running_s < step_limit
+
+    @property
+    def _last_heartbeat(self) -> Optional[tuple[float, Heartbeat]]:
+        """(arrival, heartbeat); with replicas, the worst replica's."""
+        return self._heartbeat if self.dp is None else self.dp.heartbeat
 
     @property
     def num_in_flight(self) -> int:
@@ -469,6 +486,8 @@ class TokenizerManager:
                 state.timing = None
             if not state.finished and self.failure is None:
                 self._send(AbortReq(state.rid))
+            if self.dp is not None:
+                self.dp.release(state.rid)
 
     def abort_request(self, rid: str = "", abort_all: bool = False) -> list[str]:
         """Abort a request (and its n>1 / batch siblings `rid_i`); returns the aborted rids."""
@@ -511,6 +530,8 @@ class TokenizerManager:
         }
 
     async def _request_reply(self, msg: Any, reply_type: type) -> Any:
+        if self.dp is not None:
+            return await self.dp.request_merged(msg, reply_type)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._replies[reply_type].append(future)
         self._send(msg)
@@ -530,7 +551,10 @@ class TokenizerManager:
     def _send(self, msg: Any) -> None:
         assert self._send_sock is not None, "call start() first"
         # NOTE: a PUSH socket with no high-water mark never blocks, so no await is needed.
-        self._send_sock.send_pyobj(msg)
+        if self.dp is not None:
+            self.dp.send(msg)
+        else:
+            self._send_sock.send_pyobj(msg)
 
     async def _recv_loop(self) -> None:
         while True:
@@ -566,13 +590,12 @@ class TokenizerManager:
         else:
             logger.warning("unexpected message from the scheduler: %r", msg)
 
-    async def _watch_scheduler(self) -> None:
-        proc = self.scheduler_process
-        assert proc is not None
+    async def _watch_scheduler(self, proc: BaseProcess, label: str) -> None:
         limit = self.server_args.watchdog_timeout
         while proc.is_alive():
             await asyncio.sleep(_WATCH_INTERVAL_S)
-            if self._heartbeat is not None and time.monotonic() - self._heartbeat[0] > limit:
+            beat = self._last_heartbeat
+            if beat is not None and time.monotonic() - beat[0] > limit:
                 if self.failure is None:
                     self._fail(
                         f"the scheduler stopped responding: no heartbeat for {limit:g}s "
@@ -580,7 +603,7 @@ class TokenizerManager:
                     )
                 return
         if self.failure is None:
-            self._fail(f"the scheduler process exited (exit code {proc.exitcode})")
+            self._fail(f"{label} exited (exit code {proc.exitcode})")
 
     def _fail(self, message: str) -> None:
         """The scheduler is gone: fail everything waiting on it, then tell the owner once."""
@@ -596,6 +619,8 @@ class TokenizerManager:
                 future = waiters.popleft()
                 if not future.done():
                     future.set_exception(RuntimeError(message))
+        if self.dp is not None:
+            self.dp.fail_waiters(message)
         if self._ready is not None:
             self._ready.set()
         if first and self.on_failure is not None:
