@@ -40,6 +40,7 @@ from sglang.srt.entrypoints.http_common import (
 )
 from sglang.srt.entrypoints.http_limits import BodySizeLimit, DrainingServer
 from sglang.srt.entrypoints.openai_api import add_openai_routes
+from sglang.srt.entrypoints.openapi_schemas import install as install_openapi_schemas
 from sglang.srt.managers.io_struct import EmbeddingReqInput, GenerateReqInput, outputs_json
 from sglang.srt.managers.tokenizer_manager import TokenizerManager
 from sglang.srt.server_args import ServerArgs
@@ -74,6 +75,7 @@ def create_app(tokenizer_manager: TokenizerManager) -> FastAPI:
     add_openai_routes(app, lambda: tm)
     add_embedding_routes(app, lambda: tm)
     _add_anthropic_routes(app, tm)
+    install_openapi_schemas(app)
     return app
 
 
