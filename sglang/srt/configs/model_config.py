@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -40,6 +40,9 @@ class ModelConfig:
     rms_norm_eps: float
     attention_bias: bool
     dtype: torch.dtype  # the dtype the runtime computes in
+    # the whole (text) config.json, for the facts only one family reads (sliding windows,
+    # soft-capping, expert counts, ...): read with hf.get(key, default) in the model's code
+    hf: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_path(
@@ -76,7 +79,24 @@ class ModelConfig:
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
             attention_bias=bool(cfg.get("attention_bias", False)),
             dtype=resolve_dtype(dtype),
+            hf=cfg,
         )
+
+    def sliding_window_of(self, layer_id: int) -> Optional[int]:
+        """The attention window of layer `layer_id` (None: full attention), as transformers
+        reads the config: `layer_types` where the config lists them ("sliding_attention"
+        layers get `sliding_window`), else Qwen2-style `use_sliding_window` from
+        `max_window_layers` on, else `sliding_window` on every layer (Mistral, Phi-3)."""
+        window = self.hf.get("sliding_window")
+        if not window:
+            return None
+        layer_types = self.hf.get("layer_types")
+        if layer_types:
+            return int(window) if layer_types[layer_id] == "sliding_attention" else None
+        if "use_sliding_window" in self.hf:
+            first = self.hf.get("max_window_layers", 0)
+            return int(window) if self.hf["use_sliding_window"] and layer_id >= first else None
+        return int(window)
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 import torch
@@ -20,12 +20,34 @@ if TYPE_CHECKING:  # layers/ imports nothing from the packages above it at run t
 class Attention(nn.Module):
     """One layer's attention over the paged KV cache; the pass's backend does the work."""
 
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, layer_id: int) -> None:
+    def __init__(
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        layer_id: int,
+        scaling: Optional[float] = None,
+        sliding_window: Optional[int] = None,
+        logit_cap: Optional[float] = None,
+    ) -> None:
+        """scaling: of q.k (default head_dim ** -0.5); sliding_window: a query at position p
+        sees the keys at positions p - sliding_window + 1 .. p (transformers' convention: the
+        window counts the query's own token); logit_cap: scores become cap * tanh(s / cap)."""
         super().__init__()
         assert num_heads % num_kv_heads == 0, f"{num_heads} heads over {num_kv_heads} KV heads"
+        if sliding_window is not None and sliding_window < 1:
+            raise ValueError(f"sliding_window={sliding_window}: expected a positive size")
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.layer_id = layer_id
-        self.scaling = head_dim**-0.5
+        self.scaling = head_dim**-0.5 if scaling is None else float(scaling)
+        self.sliding_window = sliding_window
+        self.logit_cap = float(logit_cap) if logit_cap else None
+
+    @property
+    def plain(self) -> bool:
+        """Full causal attention without soft-capping: what every fast path (the C++ decode
+        kernel, the compiled step, SDPA) computes. Other layers take the masked torch paths."""
+        return self.sliding_window is None and self.logit_cap is None
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, forward_batch: ForwardBatch
@@ -65,6 +87,7 @@ class PaddedExtend:
     gather: torch.Tensor  # [B * n] int64: the pass's token row of each padded query row
     scatter: torch.Tensor  # [T] int64: the padded row of each of the pass's tokens
     num_queries: int  # n: the longest extend of the pass
+    query_pos: Optional[torch.Tensor] = None  # [B, n] int64: each padded query row's position
 
 
 @dataclass
@@ -91,6 +114,12 @@ class AttnMetadata:
     # EXTEND, batch-invariant: each new token attends as a decode step would, through the C++
     # kernel: ([T] pool row of its request, [T] its position + 1)
     per_token: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    # DECODE through the C++ kernel: the torch-op chunks, built when a layer the kernel cannot
+    # run (sliding window, soft-capping) first asks for them
+    forward_batch: Optional[ForwardBatch] = None
+    # per sliding-window size: the biases of `chunks` (DECODE) or of `padded`, with the
+    # window's keys hidden too; built by the first layer with that window, reused by the rest
+    windowed: dict[int, list[torch.Tensor]] = field(default_factory=dict)
 
 
 class TorchNativeAttnBackend:
@@ -116,7 +145,7 @@ class TorchNativeAttnBackend:
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         fb = forward_batch
         if fb.is_decode and self.kernels is not None:
-            fb.attn_metadata = AttnMetadata(self, in_place=True)
+            fb.attn_metadata = AttnMetadata(self, in_place=True, forward_batch=fb)
             return
         if self.batch_invariant:
             rows = fb.req_pool_indices.repeat_interleave(
@@ -128,12 +157,7 @@ class TorchNativeAttnBackend:
         # [B, width] int64: KV slots of each request's tokens (stale past its length)
         slots = fb.req_to_token[:, :width].index_select(0, fb.req_pool_indices)
         if fb.is_decode:
-            assert fb.num_tokens == fb.batch_size, "DECODE has one new token per request"
-            chunks = [
-                self._decode_chunk(fb, slots, lo, hi)
-                for lo, hi in _chunk_bounds(fb.seq_lens_cpu, DECODE_CHUNK_TOKENS)
-            ]
-            fb.attn_metadata = AttnMetadata(self, chunks=chunks)
+            fb.attn_metadata = AttnMetadata(self, chunks=self._decode_chunks(fb, slots))
         elif _use_padded_extend(fb):
             fb.attn_metadata = AttnMetadata(self, padded=_padded_extend(fb, slots))
         else:
@@ -144,6 +168,8 @@ class TorchNativeAttnBackend:
     ) -> torch.Tensor:
         # q: [T, H, D], k/v: [T, Hkv, D] -> [T, H * D]
         self.kv_pool.set_kv_buffer(layer.layer_id, fb.out_cache_loc, k, v)
+        if not layer.plain:
+            return self._forward_masked(q, k, v, layer, fb)
         if fb.attn_metadata.per_token is not None:
             rows, lens = fb.attn_metadata.per_token
             k_buf, v_buf = self.kv_pool.get_kv_buffer(layer.layer_id)
@@ -167,12 +193,67 @@ class TorchNativeAttnBackend:
             out[c.lo : c.hi] = self._decode(q[c.lo : c.hi], layer, c)
         return out
 
+    def _decode_chunks(
+        self, fb: ForwardBatch, slots: Optional[torch.Tensor] = None
+    ) -> list[DecodeChunk]:
+        assert fb.num_tokens == fb.batch_size, "DECODE has one new token per request"
+        if slots is None:
+            width = max(fb.seq_lens_cpu)
+            slots = fb.req_to_token[:, :width].index_select(0, fb.req_pool_indices)
+        return [
+            self._decode_chunk(fb, slots, lo, hi)
+            for lo, hi in _chunk_bounds(fb.seq_lens_cpu, DECODE_CHUNK_TOKENS)
+        ]
+
+    def _forward_masked(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Attention, fb: ForwardBatch
+    ) -> torch.Tensor:
+        """A layer with a sliding window and/or soft-capped scores: the torch-op paths with the
+        window in their masks and the cap on their scores (K/V already written to the pool)."""
+        meta: AttnMetadata = fb.attn_metadata
+        window = layer.sliding_window
+        if meta.per_token is not None:
+            raise ValueError(
+                "batch-invariant attention (--enable-deterministic-inference) does not support "
+                "sliding-window or soft-capped attention layers"
+            )
+        if meta.padded is not None:
+            bias = meta.padded.bias
+            if window is not None:
+                if window not in meta.windowed:
+                    meta.windowed[window] = [_window_padded_bias(meta.padded, window)]
+                bias = meta.windowed[window][0]
+            return self._extend_padded(q, layer, meta.padded, bias)
+        if not fb.is_decode:
+            return self._extend(q, k, v, layer, meta)
+        if meta.chunks is None:  # the pass runs its plain layers through the C++ kernel
+            meta.chunks = self._decode_chunks(meta.forward_batch)
+        biases = [c.bias for c in meta.chunks]
+        if window is not None:
+            if window not in meta.windowed:
+                meta.windowed[window] = [
+                    _window_decode_bias(c, fb.seq_lens[c.lo : c.hi], window) for c in meta.chunks
+                ]
+            biases = meta.windowed[window]
+        if len(meta.chunks) == 1:
+            return self._decode(q, layer, meta.chunks[0], biases[0])
+        out = q.new_empty(q.shape[0], q.shape[1] * q.shape[2])
+        for c, bias in zip(meta.chunks, biases):
+            out[c.lo : c.hi] = self._decode(q[c.lo : c.hi], layer, c, bias)
+        return out
+
     def _decode_chunk(self, fb: ForwardBatch, slots: torch.Tensor, lo: int, hi: int) -> DecodeChunk:
         width = max(fb.seq_lens_cpu[lo:hi])
         chunk_slots, bias = _mask_padding(slots[lo:hi, :width], fb.seq_lens[lo:hi])
         return DecodeChunk(lo, hi, chunk_slots.reshape(-1), bias[:, None, None, :])
 
-    def _decode(self, q: torch.Tensor, layer: Attention, chunk: DecodeChunk) -> torch.Tensor:
+    def _decode(
+        self,
+        q: torch.Tensor,
+        layer: Attention,
+        chunk: DecodeChunk,
+        bias: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         # One padded gather + two batched matmuls; K/V heads are shared by q-head groups
         # without repeating them. The CPU SDPA kernel is several times slower at these shapes.
         k_buf, v_buf = self.kv_pool.get_kv_buffer(layer.layer_id)
@@ -183,11 +264,16 @@ class TorchNativeAttnBackend:
         values = v_buf.index_select(0, chunk.slots).view(shape).transpose(1, 2).contiguous()
         q = q.view(batch, layer.num_kv_heads, -1, layer.head_dim)  # [b, Hkv, G, D]
         scores = torch.matmul(q, keys.transpose(-1, -2))  # [b, Hkv, G, L]
-        # fp32 softmax: bias + scaling * scores promotes to float32 in one op
-        probs = torch.add(chunk.bias, scores, alpha=layer.scaling).softmax(-1).to(q.dtype)
+        probs = _softmax(scores, chunk.bias if bias is None else bias, layer).to(q.dtype)
         return torch.matmul(probs, values).view(batch, -1)  # [b, H * D]
 
-    def _extend_padded(self, q: torch.Tensor, layer: Attention, p: PaddedExtend) -> torch.Tensor:
+    def _extend_padded(
+        self,
+        q: torch.Tensor,
+        layer: Attention,
+        p: PaddedExtend,
+        bias: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         # q: [T, H, D] -> [T, H * D]; the decode kernel with n query rows per request
         k_buf, v_buf = self.kv_pool.get_kv_buffer(layer.layer_id)
         batch, n, width = p.bias.shape[0], p.num_queries, p.bias.shape[-1]
@@ -199,7 +285,7 @@ class TorchNativeAttnBackend:
         qp = q.index_select(0, p.gather).view(batch, n, hkv, group, dim).permute(0, 2, 3, 1, 4)
         qp = qp.reshape(batch, hkv, group * n, dim)  # [B, Hkv, G n, D]
         scores = torch.matmul(qp, keys.transpose(-1, -2)).view(batch, hkv, group, n, width)
-        probs = torch.add(p.bias, scores, alpha=layer.scaling).softmax(-1).to(q.dtype)
+        probs = _softmax(scores, p.bias if bias is None else bias, layer).to(q.dtype)
         out = torch.matmul(probs.view(batch, hkv, group * n, width), values)  # [B, Hkv, G n, D]
         out = out.view(batch, hkv, group, n, dim).permute(0, 3, 1, 2, 4)
         return out.reshape(batch * n, -1).index_select(0, p.scatter)  # [T, H * D]
@@ -221,6 +307,9 @@ class TorchNativeAttnBackend:
             else:  # index_select: advanced indexing is tens of times slower here on CPU
                 keys = k_buf.index_select(0, span.kv_slots)  # [L, Hkv, D]
                 values = v_buf.index_select(0, span.kv_slots)
+            if not layer.plain:
+                out[new] = _attend_masked(q[new], keys, values, span, layer)
+                continue
             o = F.scaled_dot_product_attention(
                 q[new].transpose(0, 1).unsqueeze(0),  # [1, H, n, D]
                 keys.transpose(0, 1).unsqueeze(0),  # [1, Hkv, L, D]
@@ -268,7 +357,12 @@ class PagedDecodeBackend:
         meta: PagedDecodeMetadata = fb.attn_metadata
         if meta.seq_lens is not None:  # the C++ kernel, as an op inductor calls
             return torch.ops.sglang.paged_decode_attention(
-                q, k_buf, v_buf, meta.req_to_token, meta.req_pool_indices, meta.seq_lens,
+                q,
+                k_buf,
+                v_buf,
+                meta.req_to_token,
+                meta.req_pool_indices,
+                meta.seq_lens,
                 layer.scaling,
             )
         return paged_decode_attention(q, k_buf, v_buf, meta.slots, meta.bias, layer.scaling)
@@ -375,6 +469,7 @@ def _padded_extend(fb: ForwardBatch, slots: torch.Tensor) -> PaddedExtend:
         torch.tensor(gather, dtype=torch.int64, device=device),
         torch.tensor(scatter, dtype=torch.int64, device=device),
         n,
+        query_pos,
     )
 
 
@@ -405,3 +500,55 @@ def _chunk_bounds(seq_lens: list[int], max_tokens: int) -> list[tuple[int, int]]
             lo, longest = i, n
     bounds.append((lo, len(seq_lens)))
     return bounds
+
+
+def _softmax(scores: torch.Tensor, bias: torch.Tensor, layer: Attention) -> torch.Tensor:
+    """float32 softmax(scaling * scores, capped where the layer caps them, + bias)."""
+    if layer.logit_cap is None:
+        # bias + scaling * scores promotes to float32 in one op
+        return torch.add(bias, scores, alpha=layer.scaling).softmax(-1)
+    cap = layer.logit_cap
+    capped = torch.tanh(scores.float() * (layer.scaling / cap)) * cap
+    return (capped + bias).softmax(-1)
+
+
+def _attend_masked(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, span: ExtendSpan, layer: Attention
+) -> torch.Tensor:
+    """One request's new tokens q [n, H, D] over keys/values [L, Hkv, D] (the prefix, then the
+    new tokens), causal, within the layer's window, scores capped -> [n, H, D]."""
+    n, heads, dim = q.shape
+    total, hkv = keys.shape[0], keys.shape[1]
+    key_pos = torch.arange(total, device=q.device)
+    query_pos = key_pos[total - n :]
+    allowed = key_pos[None, :] <= query_pos[:, None]  # [n, L]
+    if layer.sliding_window is not None:
+        allowed &= key_pos[None, :] > query_pos[:, None] - layer.sliding_window
+    bias = torch.zeros(allowed.shape, dtype=torch.float32, device=q.device)
+    bias = bias.masked_fill(~allowed, float("-inf"))
+    qg = (
+        q.view(n, hkv, heads // hkv, dim).permute(1, 2, 0, 3).reshape(hkv, -1, dim)
+    )  # [Hkv, G n, D]
+    scores = torch.matmul(qg, keys.permute(1, 2, 0))  # [Hkv, G n, L]
+    scores = scores.view(hkv, heads // hkv, n, total)
+    probs = _softmax(scores, bias, layer).to(q.dtype)
+    out = torch.matmul(probs.view(hkv, -1, total), values.transpose(0, 1))  # [Hkv, G n, D]
+    return out.view(hkv, heads // hkv, n, dim).permute(2, 0, 1, 3).reshape(n, heads, dim)
+
+
+def _window_decode_bias(chunk: DecodeChunk, seq_lens: torch.Tensor, window: int) -> torch.Tensor:
+    """A DECODE chunk's bias [b, 1, 1, L] with the keys before the window hidden too (the new
+    token is at position seq_len - 1, so it sees positions seq_len - window .. seq_len - 1)."""
+    width = chunk.bias.shape[-1]
+    keys = torch.arange(width, device=chunk.bias.device)
+    before = keys[None, :] < (seq_lens[:, None] - window)  # [b, L]
+    return chunk.bias.masked_fill(before[:, None, None, :], float("-inf"))
+
+
+def _window_padded_bias(p: PaddedExtend, window: int) -> torch.Tensor:
+    """A short EXTEND's bias [B, 1, 1, n, L] with the keys before each query's window hidden.
+    Padded query rows (past a request's new tokens) keep at least their own position's key."""
+    width = p.bias.shape[-1]
+    keys = torch.arange(width, device=p.bias.device)
+    before = keys[None, None, :] <= p.query_pos[:, :, None] - window  # [B, n, L]
+    return p.bias.masked_fill(before[:, None, None], float("-inf"))

@@ -47,8 +47,11 @@ class LmHead:
         weight: torch.Tensor,
         quant: Optional[QuantWeight] = None,
         batch_invariant: bool = False,
+        softcap: Optional[float] = None,
     ) -> None:
         self.batch_invariant = batch_invariant  # see layers/linear.py's linear_route
+        # final logit soft-capping (Gemma 2): logits become cap * tanh(logits / cap)
+        self.softcap = float(softcap) if softcap else None
         self.packed = pack_weight(weight)
         self.weight = weight if self.packed is not None else dense_cpu_weight(weight)
         if quant is None and self.weight is not weight and weight.dtype == torch.bfloat16:
@@ -56,7 +59,14 @@ class LmHead:
         self.quant = quant
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # x [T, D] -> logits [T, V]; float32 where the dense weight is (no bf16 rounding of logits)
+        # x [T, D] -> logits [T, V]
+        logits = self._project(x)
+        if self.softcap is None:
+            return logits
+        return torch.tanh(logits.float() / self.softcap) * self.softcap
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        # float32 where the dense weight is (no bf16 rounding of logits)
         small = self.quant is not None and x.shape[0] <= self.quant.max_rows
         if self.weight.dtype == torch.float32 and not small and not self.batch_invariant:
             if self.quant is None or isinstance(self.quant, Bf16Weight):

@@ -19,10 +19,12 @@ from typing import Any, Optional
 import torch
 
 from sglang.srt.layers import cpu_kernels
+from sglang.srt.layers.attention import Attention
 from sglang.srt.layers.linear import ROUTE_ROWWISE, Linear, linear_route
 from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
 from sglang.srt.model_executor.forward_batch import ForwardBatch
 from sglang.srt.models.llama import LlamaForCausalLM
+from sglang.srt.models.qwen2 import Qwen2ForCausalLM
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,11 @@ class CpuDecode:
 
     @classmethod
     def create(cls, model: torch.nn.Module, kv_pool: MHATokenToKVPool) -> Optional[CpuDecode]:
-        if kv_pool.device.type != "cpu" or not isinstance(model, LlamaForCausalLM):
+        # the C++ pass is the Llama layer exactly (Qwen2 adds q/k/v biases, which it takes);
+        # subclasses of other families change the layer, and windows or capped scores it lacks
+        if kv_pool.device.type != "cpu" or type(model) not in (LlamaForCausalLM, Qwen2ForCausalLM):
+            return None
+        if not all(m.plain for m in model.modules() if isinstance(m, Attention)):
             return None
         kernels = cpu_kernels.load()
         if kernels is None:
@@ -107,6 +113,4 @@ def _route(rows: int, m: Linear) -> tuple:
 
 def _routes_in_cpp(model: torch.nn.Module) -> bool:
     """Whether the C++ pass has every projection's route (not the Python-only per-row one)."""
-    return all(
-        _route(1, m)[0] != ROUTE_ROWWISE for m in model.modules() if isinstance(m, Linear)
-    )
+    return all(_route(1, m)[0] != ROUTE_ROWWISE for m in model.modules() if isinstance(m, Linear))

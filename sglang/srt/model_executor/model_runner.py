@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from sglang.srt.configs.model_config import ModelConfig
-from sglang.srt.layers.attention import TorchNativeAttnBackend
+from sglang.srt.layers.attention import Attention, TorchNativeAttnBackend
 from sglang.srt.layers.linear import (
     QUANT_MAX_ROWS,
     make_batch_invariant,
@@ -72,6 +72,15 @@ class ModelRunner:
             # built as if tied, so no lm_head is allocated (a base-model checkpoint has none)
             load_config = dataclasses.replace(load_config, tie_word_embeddings=True)
         self.model = load_model(load_config, self.device)
+        # layers with a sliding window or soft-capped scores run the torch-op attention paths
+        self.plain_attention = all(
+            m.plain for m in self.model.modules() if isinstance(m, Attention)
+        )
+        if server_args.enable_deterministic_inference and not self.plain_attention:
+            raise ValueError(
+                "--enable-deterministic-inference does not support this model's attention "
+                f"({arch}: sliding-window or soft-capped layers)"
+            )
         self.quant_report = self._prepare_weights()
         # filled by init_memory_pool()
         self.req_to_token_pool: Optional[ReqToTokenPool] = None
@@ -96,7 +105,12 @@ class ModelRunner:
         self.logits_processor: Optional[LogitsProcessor] = None
         if not self.is_embedding:
             self.logits_processor = LogitsProcessor(
-                LmHead(self.model.lm_head_weight, lm_head_quant, invariant)
+                LmHead(
+                    self.model.lm_head_weight,
+                    lm_head_quant,
+                    invariant,
+                    softcap=getattr(self.model, "final_logit_softcap", None),
+                )
             )
         logger.info(
             "%s; dense weights: %d packed for oneDNN, %d in float32",
@@ -131,7 +145,12 @@ class ModelRunner:
         self.cpu_decode = None
         if not self.use_torch_compile and not self.is_embedding:
             self.cpu_decode = CpuDecode.create(self.model, self.token_to_kv_pool)
-        if self.use_torch_compile and not self.is_embedding:
+        if self.use_torch_compile and not self.is_embedding and not self.plain_attention:
+            logger.warning(
+                "the compiled decode step does not support sliding-window or soft-capped "
+                "attention layers: decoding eagerly"
+            )
+        elif self.use_torch_compile and not self.is_embedding:
             self.compiled_decode = CompiledDecode(
                 self.model, self.logits_processor.lm_head, self.token_to_kv_pool
             )

@@ -1,4 +1,5 @@
-"""Llama-family decoder (Llama 2/3, Mistral, SmolLM, TinyLlama) in plain PyTorch."""
+"""Llama-family decoder (Llama 2/3, Mistral with its sliding window, SmolLM, TinyLlama) in plain
+PyTorch."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ class LlamaAttention(nn.Module):
         self.q_size, self.kv_size = h * d, hkv * d
         self.qkv_proj = MergedLinear(config.hidden_size, [h * d, hkv * d, hkv * d], bias=qkv_bias)
         self.o_proj = Linear(h * d, config.hidden_size, bias=False)
-        self.attn = Attention(h, hkv, d, layer_id)
+        self.attn = Attention(
+            h, hkv, d, layer_id, sliding_window=config.sliding_window_of(layer_id)
+        )
 
     def forward(self, x: torch.Tensor, rope: Rope, forward_batch: ForwardBatch) -> torch.Tensor:
         # x: [T, hidden] -> [T, hidden]

@@ -15,7 +15,7 @@ from sglang.srt.models.qwen2 import Qwen2ForCausalLM
 
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
-    # Mistral without sliding window: exact up to its window (4096 tokens in v0.1, none later)
+    # the Llama layer; its sliding window (config.sliding_window, every layer) is honored
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "LlavaForConditionalGeneration": LlavaForConditionalGeneration,
