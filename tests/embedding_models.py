@@ -49,13 +49,13 @@ def save_embedding_model(
                 for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
                     proj.bias.normal_(0, 0.5)
     model.to(torch.float32).save_pretrained(path)
-    _save_tokenizer(path)
+    save_tokenizer(path)
     if pooling is not None:
         _save_st_pooling(path, pooling)
     return path
 
 
-def _save_tokenizer(path: str) -> None:
+def save_tokenizer(path: str) -> None:
     """A byte-level BPE tokenizer (the 256 bytes, a few merges): every text tokenizes."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast

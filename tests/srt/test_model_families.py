@@ -1,0 +1,33 @@
+"""Each model family against transformers' reference on tiny random weights (tests/model_families.py):
+prefill, a cached prefix, batched decode, and sliding windows shorter than the prompt."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from model_families import check_family, save_tiny  # noqa: E402
+
+
+def test_mistral_sliding_window_shorter_than_the_prompt(tmp_path):
+    # window 8, prompts and decodes to 45 tokens: every layer masks the keys before the window
+    path = save_tiny(str(tmp_path), "MistralConfig", "MistralForCausalLM", sliding_window=8)
+    check_family(path)
+
+
+def test_mistral_window_longer_than_every_sequence_is_full_attention(tmp_path):
+    path = save_tiny(str(tmp_path), "MistralConfig", "MistralForCausalLM", sliding_window=64)
+    check_family(path)
+
+
+def test_qwen2_sliding_window_from_max_window_layers(tmp_path):
+    # use_sliding_window with max_window_layers 1: layer 0 full, layer 1 windowed
+    path = save_tiny(
+        str(tmp_path), "Qwen2Config", "Qwen2ForCausalLM", sliding_window=6,
+        use_sliding_window=True, max_window_layers=1,
+    )  # fmt: skip
+    check_family(path)
