@@ -50,12 +50,52 @@ def test_missing_default_model_says_how_to_install(monkeypatch):
 
 
 # ---------------------------------------------------------------- GGUF cache
+def write_gguf_header(path, architecture: str):
+    """A GGUF file with `architecture` and one small tensor (no usable model)."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), architecture)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_unknown_gguf_architecture_fails_in_one_line_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("SGLANG_CACHE_DIR", str(tmp_path / "cache"))
+    path = write_gguf_header(tmp_path / "m.gguf", "mamba")
+    with pytest.raises(ValueError) as e:
+        loader.resolve_model_path(str(path))
+    message = str(e.value)
+    assert "'mamba'" in message and "\n" not in message
+    for arch in ("llama", "mistral", "qwen2"):
+        assert arch in message.split("supported GGUF architectures:")[1]
+
+
+def test_every_gguf_architecture_we_list_is_a_registered_model():
+    from sglang.srt.models.registry import MODEL_REGISTRY
+
+    assert {"llama", "mistral", "qwen2"} <= set(gguf.supported_gguf_architectures())
+    for arch in gguf.supported_gguf_architectures():
+        assert gguf.GGUF_ARCHITECTURES[arch] in MODEL_REGISTRY
+
+
+def test_a_file_that_is_not_gguf_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("SGLANG_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"not a gguf file at all")
+    with pytest.raises(ValueError, match="not a readable GGUF file"):
+        loader.resolve_model_path(str(path))
+
+
 @pytest.fixture
 def fake_gguf(tmp_path, monkeypatch):
     """A stand-in .gguf file, a private cache root, and a counted fake converter."""
     monkeypatch.setenv("SGLANG_CACHE_DIR", str(tmp_path / "cache"))
-    path = tmp_path / "m.gguf"
-    path.write_bytes(b"GGUF fake")
+    path = write_gguf_header(tmp_path / "m.gguf", "llama")
     calls = []
 
     def convert(src: str, out_dir: str) -> None:

@@ -35,6 +35,50 @@ def gguf_cache_dir(gguf_path: str) -> str:
     return os.path.join(gguf_cache_root(), f"{stem}-{key}")
 
 
+# GGUF `general.architecture` -> the Hugging Face architecture transformers' GGUF reader builds
+# (llama.cpp writes Mistral models as "llama"; transformers tells them apart by their name).
+GGUF_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "qwen3moe": "Qwen3MoeForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
+}
+
+
+def gguf_architecture(gguf_path: str) -> str:
+    """The file's `general.architecture` (e.g. "llama"), read from its header."""
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(gguf_path).fields["general.architecture"]
+    except (KeyError, ValueError, OSError) as e:
+        raise ValueError(f"model path {gguf_path!r}: not a readable GGUF file ({e})") from None
+    return bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
+
+
+def supported_gguf_architectures() -> list[str]:
+    """The GGUF architectures whose model we serve."""
+    from sglang.srt.models.registry import MODEL_REGISTRY
+
+    return sorted(a for a, hf in GGUF_ARCHITECTURES.items() if hf in MODEL_REGISTRY)
+
+
+def check_gguf_architecture(gguf_path: str) -> str:
+    """The file's architecture, or a ValueError naming it and the supported ones."""
+    arch = gguf_architecture(gguf_path)
+    supported = supported_gguf_architectures()
+    if arch not in supported:
+        raise ValueError(
+            f"GGUF architecture {arch!r} ({os.path.basename(gguf_path)}) is not supported; "
+            f"supported GGUF architectures: {', '.join(supported)}"
+        )
+    return arch
+
+
 def convert_gguf(gguf_path: str) -> str:
     """Return an HF folder (config, safetensors, tokenizer) for gguf_path, converting on first use.
 
@@ -47,6 +91,7 @@ def convert_gguf(gguf_path: str) -> str:
     if os.path.isfile(os.path.join(final, _WEIGHTS_FILE)):
         _record_source(gguf_path, final)
         return final
+    check_gguf_architecture(gguf_path)  # (a file that converted once was checked then)
     os.makedirs(os.path.dirname(final), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(final))
     try:
