@@ -31,3 +31,27 @@ def test_qwen2_sliding_window_from_max_window_layers(tmp_path):
         use_sliding_window=True, max_window_layers=1,
     )  # fmt: skip
     check_family(path)
+
+
+def test_llama_with_attention_bias_has_an_o_proj_bias(tmp_path):
+    path = save_tiny(str(tmp_path), "LlamaConfig", "LlamaForCausalLM", attention_bias=True)
+    check_family(path)
+
+
+@pytest.mark.parametrize(
+    ("config_cls", "model_cls", "overrides", "named"),
+    [
+        ("MistralConfig", "MistralForCausalLM", {"sliding_window": 8}, "sliding-window"),
+        ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+         {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32},
+         "mixture-of-experts"),
+    ],
+)  # fmt: skip
+def test_deterministic_inference_refuses_what_it_cannot_keep_invariant(
+    tmp_path, config_cls, model_cls, overrides, named
+):
+    from model_families import make_runner
+
+    path = save_tiny(str(tmp_path), config_cls, model_cls, **overrides)
+    with pytest.raises(ValueError, match=named):
+        make_runner(path, enable_deterministic_inference=True)

@@ -19,6 +19,7 @@ from sglang.srt.layers.linear import (
     use_float32_dense,
 )
 from sglang.srt.layers.logits import LmHead, LogitsProcessor
+from sglang.srt.layers.moe import StackedExperts
 from sglang.srt.layers.pooler import Pooler, PoolingConfig
 from sglang.srt.mem_cache.memory_pool import (
     MHATokenToKVPool,
@@ -80,6 +81,13 @@ class ModelRunner:
             raise ValueError(
                 "--enable-deterministic-inference does not support this model's attention "
                 f"({arch}: sliding-window or soft-capped layers)"
+            )
+        if server_args.enable_deterministic_inference and any(
+            isinstance(m, StackedExperts) for m in self.model.modules()
+        ):
+            raise ValueError(
+                "--enable-deterministic-inference does not support mixture-of-experts models "
+                f"({arch}: the expert products' rows depend on the batch)"
             )
         self.quant_report = self._prepare_weights()
         # filled by init_memory_pool()

@@ -21,7 +21,7 @@ class LlamaAttention(nn.Module):
         h, hkv, d = config.num_heads, config.num_kv_heads, config.head_dim
         self.q_size, self.kv_size = h * d, hkv * d
         self.qkv_proj = MergedLinear(config.hidden_size, [h * d, hkv * d, hkv * d], bias=qkv_bias)
-        self.o_proj = Linear(h * d, config.hidden_size, bias=False)
+        self.o_proj = Linear(h * d, config.hidden_size, bias=config.attention_bias)
         self.attn = Attention(
             h, hkv, d, layer_id, sliding_window=config.sliding_window_of(layer_id)
         )
