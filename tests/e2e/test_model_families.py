@@ -27,7 +27,10 @@ NEW_TOKENS = 12
 # id -> (config class, model class, config overrides)
 FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "mistral-window": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 8}),
-}
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 32}),
+    "qwen3-moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                  {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}),
+}  # fmt: skip
 
 
 def ref_generate(model: Any, ids: list[int]) -> list[int]:
