@@ -11,6 +11,7 @@ from torch import nn
 
 from sglang.srt.models.llama import LlamaForCausalLM
 from sglang.srt.models.llava import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+from sglang.srt.models.phi3 import Phi3ForCausalLM
 from sglang.srt.models.qwen2 import Qwen2ForCausalLM
 from sglang.srt.models.qwen3 import Qwen3ForCausalLM
 from sglang.srt.models.qwen3_moe import Qwen3MoeForCausalLM
@@ -19,6 +20,7 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
     # the Llama layer; its sliding window (config.sliding_window, every layer) is honored
     "MistralForCausalLM": LlamaForCausalLM,
+    "Phi3ForCausalLM": Phi3ForCausalLM,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
     "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
