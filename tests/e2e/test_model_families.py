@@ -30,6 +30,8 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 32}),
     "qwen3-moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
                   {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}),
+    "phi3-window-partial-rotary": ("Phi3Config", "Phi3ForCausalLM",
+                                   {"sliding_window": 8, "partial_rotary_factor": 0.5, "pad_token_id": 0}),
 }  # fmt: skip
 
 
