@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from sglang.srt.models.gemma2 import Gemma2ForCausalLM, GemmaForCausalLM
+from sglang.srt.models.gemma3 import Gemma3ForCausalLM
 from sglang.srt.models.llama import LlamaForCausalLM
 from sglang.srt.models.llava import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 from sglang.srt.models.phi3 import Phi3ForCausalLM
@@ -24,6 +26,10 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
     "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
+    "GemmaForCausalLM": GemmaForCausalLM,
+    "Gemma2ForCausalLM": Gemma2ForCausalLM,
+    # Gemma 3 text (Gemma3TextConfig: gemma-3-1b); the vision-language models are not served
+    "Gemma3ForCausalLM": Gemma3ForCausalLM,
     "LlavaForConditionalGeneration": LlavaForConditionalGeneration,
     "LlavaNextForConditionalGeneration": LlavaNextForConditionalGeneration,
 }
