@@ -32,6 +32,14 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
                   {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}),
     "phi3-window-partial-rotary": ("Phi3Config", "Phi3ForCausalLM",
                                    {"sliding_window": 8, "partial_rotary_factor": 0.5, "pad_token_id": 0}),
+    "gemma2-window-caps": ("Gemma2Config", "Gemma2ForCausalLM",
+                           {"sliding_window": 8, "head_dim": 16, "attn_logit_softcapping": 5.0,
+                            "final_logit_softcapping": 3.0, "query_pre_attn_scalar": 16}),
+    "gemma3-local-global": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+                            {"sliding_window": 8, "head_dim": 16, "num_hidden_layers": 4,
+                             "layer_types": ["sliding_attention", "sliding_attention",
+                                             "full_attention", "sliding_attention"],
+                             "rope_local_base_freq": 100.0}),
 }  # fmt: skip
 
 
