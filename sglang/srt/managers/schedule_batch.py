@@ -57,19 +57,16 @@ def build_forward_batch(
         return_logprob=any(want_logprob),
         extend_logprob_start_lens_cpu=starts,
         top_logprobs_nums=[c.req.logprob.top_num if w else 0 for c, w in zip(chunks, want_logprob)],
-        mm_inputs=_mm_inputs(mode, chunks),
+        mm_inputs=_mm_inputs(chunks),
     )
 
 
-def _mm_inputs(mode: ForwardMode, chunks: list[ScheduledChunk]) -> Optional[list[Any]]:
-    """Each request's images, for an extend pass where some chunk covers image positions."""
-    if mode != ForwardMode.EXTEND:
-        return None
+def _mm_inputs(chunks: list[ScheduledChunk]) -> Optional[list[Any]]:
+    """Each request's images, for a pass where some request has images: an extend chunk may
+    cover image positions, and M-RoPE models (Qwen2-VL) place every token of such a request,
+    in extend and decode passes alike, by its images."""
     mms = [c.req.mm_inputs for c in chunks]
-    hit = any(
-        mm is not None and mm.overlapping(c.start, c.start + c.length) for c, mm in zip(chunks, mms)
-    )
-    return mms if hit else None
+    return mms if any(mm is not None for mm in mms) else None
 
 
 def logprob_offset(c: ScheduledChunk) -> int:

@@ -17,11 +17,14 @@ class ImageItem:
     between requests with the same image. The model puts the image's features there.
     """
 
-    pixel_values: torch.Tensor  # LLaVA: [3, H, W]; LLaVA-NeXT: [tiles, 3, H, W]
+    # LLaVA: [3, H, W]; LLaVA-NeXT: [tiles, 3, H, W]; Qwen2-VL: [patches, C * tp * p * p]
+    pixel_values: torch.Tensor
     hash: int  # 64-bit digest of the pixels
     offset: int  # first prompt position of the image
     num_tokens: int
     image_size: Optional[tuple[int, int]] = None  # (height, width) before preprocessing
+    # Qwen2-VL: (t, h, w) patch grid the tower reads (before the spatial merge)
+    grid_thw: Optional[tuple[int, int, int]] = None
     # Filled by the model at the first pass that reaches the image; [num_tokens, hidden].
     features: Optional[torch.Tensor] = None
 
@@ -35,6 +38,8 @@ class MultimodalInputs:
     """The images of one request, in prompt order."""
 
     images: list[ImageItem] = field(default_factory=list)
+    # M-RoPE models: the position offset of the tokens after the last image (see mrope.py)
+    mrope_delta: Optional[int] = None
 
     def overlapping(self, start: int, end: int) -> list[ImageItem]:
         """The images with at least one position in [start, end)."""

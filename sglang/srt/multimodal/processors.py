@@ -20,6 +20,7 @@ from PIL import Image
 
 from sglang.srt.multimodal import anyres
 from sglang.srt.multimodal.inputs import ImageItem, MultimodalInputs
+from sglang.srt.multimodal.mrope import mrope_delta
 
 
 def read_config(model_path: str) -> dict[str, Any]:
@@ -121,9 +122,68 @@ class LlavaNextImageProcessor(ImageProcessor):
         return ImageItem(pixels, digest, 0, count, image_size=size)
 
 
+class Qwen2VLImageProcessor(ImageProcessor):
+    """Qwen2-VL and Qwen2.5-VL: the image is resized to multiples of patch * merge pixels within
+    the processor's min/max pixels and cut into patches (transformers' Qwen2VLImageProcessor);
+    it takes one position per merged patch, t * (h / merge) * (w / merge).
+
+    The prompt's image token is `<|image_pad|>` between `<|vision_start|>` and `<|vision_end|>`;
+    a bare `<|image_pad|>` (as chat image parts and the frontend place the image token) gets
+    them added around it. The request's M-RoPE delta is computed here, from the whole prompt.
+    """
+
+    def __init__(self, model_path: str, config: dict[str, Any], vocab_size: int) -> None:
+        from transformers import AutoImageProcessor
+
+        token = image_token_id(config)
+        assert token is not None, "not a vision-language model"
+        self.image_token_id = token
+        self.vocab_size = vocab_size
+        self.config = config
+        self.vision_start_id: Optional[int] = config.get("vision_start_token_id")
+        self.vision_end_id: Optional[int] = config.get("vision_end_token_id")
+        self.merge = int(config["vision_config"].get("spatial_merge_size", 2))
+        self.hf = AutoImageProcessor.from_pretrained(model_path)
+
+    def preprocess(self, image: Image.Image) -> ImageItem:
+        out = self.hf(image, return_tensors="pt")
+        pixels = out["pixel_values"]  # [patches, C * temporal_patch * patch * patch]
+        t, h, w = (int(v) for v in out["image_grid_thw"][0])
+        count = t * (h // self.merge) * (w // self.merge)
+        size = (image.height, image.width)
+        digest = image_digest(pixels, (t, h, w))
+        return ImageItem(pixels, digest, 0, count, image_size=size, grid_thw=(t, h, w))
+
+    def expand(
+        self, ids: list[int], images: list[Image.Image]
+    ) -> tuple[list[int], MultimodalInputs]:
+        ids, mm = super().expand(self.with_vision_markers(ids), images)
+        mm.mrope_delta = mrope_delta(mm.images, self.merge)
+        return ids, mm
+
+    def with_vision_markers(self, ids: list[int]) -> list[int]:
+        """ids with <|vision_start|> before and <|vision_end|> after each image token that
+        lacks them."""
+        if self.vision_start_id is None or self.vision_end_id is None:
+            return ids
+        out: list[int] = []
+        for i, token in enumerate(ids):
+            if token != self.image_token_id:
+                out.append(token)
+                continue
+            if i == 0 or ids[i - 1] != self.vision_start_id:
+                out.append(self.vision_start_id)
+            out.append(token)
+            if i + 1 == len(ids) or ids[i + 1] != self.vision_end_id:
+                out.append(self.vision_end_id)
+        return out
+
+
 _PROCESSORS: dict[str, type[ImageProcessor]] = {
     "LlavaForConditionalGeneration": ImageProcessor,
     "LlavaNextForConditionalGeneration": LlavaNextImageProcessor,
+    "Qwen2VLForConditionalGeneration": Qwen2VLImageProcessor,
+    "Qwen2_5_VLForConditionalGeneration": Qwen2VLImageProcessor,
 }
 
 
