@@ -76,10 +76,16 @@ class ServerArgs:
     enable_deterministic_inference: bool = False
 
     # Parallelism. dp_size: scheduler replicas (each its own process and model copy) behind
-    # one HTTP front, requests routed by cached prefix and load. Tensor parallelism and
-    # several nodes are not supported yet; their flags (SGLang's names) say so.
+    # one HTTP front, requests routed by cached prefix and load.
     dp_size: int = 1
+    # tp_size: ranks that each hold 1/tp_size of every layer (heads, intermediate features,
+    # vocabulary rows) and run each pass in lockstep (torch.distributed: gloo on CPU, NCCL on
+    # CUDA); one scheduler, on rank 0. The Llama family (Llama, Mistral, Qwen2, SmolLM) only.
     tp_size: int = 1
+    # Several nodes (machines) share the tp_size ranks, tp_size / nnodes each: node 0 runs the
+    # HTTP server, the scheduler and its ranks; node k > 0 (--node-rank k) runs only its ranks.
+    # dist_init_addr "host:port": where rank 0 (on node 0) listens for the others; None with
+    # one node: a free local port.
     nnodes: int = 1
     node_rank: int = 0
     dist_init_addr: Optional[str] = None
@@ -87,7 +93,9 @@ class ServerArgs:
     # Misc
     log_level: str = "info"
     random_seed: int = 0
-    num_threads: Optional[int] = None  # torch threads in the scheduler; None: all cores
+    # torch threads of the scheduler (of each tensor-parallel rank); None: all cores (this
+    # node's cores shared by its ranks)
+    num_threads: Optional[int] = None
     stream_interval: int = 1  # output tokens per streamed chunk (the first token goes at once)
     # Seconds one scheduler step may run; longer, the scheduler logs what it was doing and exits
     # (and the HTTP server answers 503 and exits with it), so a supervisor can restart them.
@@ -124,6 +132,8 @@ class ServerArgs:
             "max_queued_requests",
             "max_request_bytes",
             "dp_size",
+            "tp_size",
+            "nnodes",
         )
         for name in positive:
             value = getattr(self, name)
@@ -159,20 +169,43 @@ class ServerArgs:
                 raise ValueError(f"{name}={value!r}: expected one of {tuple(sorted(allowed))}")
 
     def _check_parallelism(self) -> None:
-        """Data parallelism only, for now: refuse the tensor-parallel and multi-node flags."""
-        unsupported = (
-            ("tp_size", self.tp_size != 1, "tensor parallelism"),
-            ("nnodes", self.nnodes != 1, "serving across several nodes"),
-            ("node_rank", self.node_rank != 0, "serving across several nodes"),
-            ("dist_init_addr", self.dist_init_addr is not None, "serving across several nodes"),
-        )
-        for name, given, what in unsupported:
-            if given:
-                value = getattr(self, name)
+        """Tensor parallelism and several nodes: sizes that fit together, an address to meet at.
+        (Whether the model's heads split into tp_size parts is checked when it is loaded.)"""
+        if self.tp_size > 1 and self.dp_size > 1:
+            raise ValueError(
+                f"tp_size={self.tp_size} with dp_size={self.dp_size}: data and tensor "
+                "parallelism together are not supported; pick one"
+            )
+        if self.tp_size % self.nnodes:
+            raise ValueError(
+                f"nnodes={self.nnodes}: tp_size={self.tp_size} must be a multiple of it "
+                "(each node runs tp_size / nnodes ranks)"
+            )
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"node_rank={self.node_rank}: must be in 0..nnodes-1 ({self.nnodes})")
+        if self.nnodes > 1 and self.dist_init_addr is None:
+            raise ValueError(
+                f"nnodes={self.nnodes}: --dist-init-addr host:port (node 0's address) is required"
+            )
+        if self.dist_init_addr is not None:
+            host, _, port = self.dist_init_addr.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(
-                    f"{name}={value!r}: {what} is not supported yet "
-                    "(use --dp-size N for several replicas on this machine)"
+                    f"dist_init_addr={self.dist_init_addr!r}: expected host:port (node 0's "
+                    "address and a free port there)"
                 )
+            if self.tp_size == 1:
+                raise ValueError(
+                    f"dist_init_addr={self.dist_init_addr!r}: only used with --tp-size > 1"
+                )
+        if self.tp_size > 1:
+            for name, what in (
+                ("enable_torch_compile", "the compiled decode step"),
+                ("enable_deterministic_inference", "deterministic inference"),
+                ("is_embedding", "embedding models"),
+            ):
+                if getattr(self, name):
+                    raise ValueError(f"{name}: {what} is not supported with tp_size={self.tp_size}")
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:

@@ -160,10 +160,12 @@ def test_bad_parallelism_flags_fail_clearly(tiny_model: str) -> None:
         tiny_model,
         "--tp-size",
         "2",
+        "--dp-size",
+        "2",
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
     assert res.returncode == 2
-    assert "tp_size=2: tensor parallelism is not supported yet" in res.stderr
+    assert "data and tensor parallelism together are not supported" in res.stderr
 
 
 # ------------------------------------------------------------------ sglang-router in front

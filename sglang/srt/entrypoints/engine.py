@@ -47,6 +47,13 @@ def launch_subprocesses(
     """Resolve the model to a local folder and spawn the scheduler process on it."""
     from sglang.srt.model_loader.loader import resolve_model_path
 
+    if server_args.node_rank > 0:
+        raise ValueError(
+            f"node_rank={server_args.node_rank}: a node other than 0 runs only tensor-parallel "
+            "workers, started by `python -m sglang.launch_server ... --node-rank "
+            f"{server_args.node_rank}`; the scheduler runs on node 0"
+        )
+
     scheduler_args = dataclasses.replace(server_args)
     scheduler_args.model_path = resolve_model_path(server_args.model_path)
     if target is None:

@@ -1,4 +1,12 @@
-"""Parameter holders for checkpoint weights: linear layers (plain and fused) and the vocab embedding."""
+"""Parameter holders for checkpoint weights: linear layers (plain and fused) and the vocab embedding.
+
+Tensor parallelism (sglang/srt/distributed): a layer built inside `building_with(group)` holds
+this rank's shard, and its `shard_checkpoint(tensor, shard)` cuts that shard out of a full
+checkpoint tensor at load time. MergedLinear is column-parallel (each fused projection's output
+rows split), RowParallelLinear splits its input columns and all-reduces its output, and
+VocabParallelEmbedding splits the vocabulary rows (padded to a multiple of the group size).
+With the trivial group (tp_size 1) each is the plain layer.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglang.srt.distributed.parallel_state import TpGroup, building_group
 from sglang.srt.layers.quantization import (
     ROUTE_BF16,
     ROUTE_DENSE,
@@ -203,15 +212,51 @@ def pack_linears(model: nn.Module) -> int:
 
 
 class MergedLinear(Linear):
-    """Several projections of one input fused into one matmul (q/k/v, gate/up).
+    """Several projections of one input fused into one matmul (q/k/v, gate/up); column-parallel.
 
-    NOTE: output_sizes lists the row blocks in order; the loader copies checkpoint shard i into
+    NOTE: output_sizes lists this rank's row blocks in order (each projection's full size
+    divided by the group size); the loader copies this rank's part of checkpoint shard i into
     rows sum(output_sizes[:i]) : sum(output_sizes[:i + 1]).
     """
 
     def __init__(self, in_features: int, output_sizes: list[int], bias: bool = False) -> None:
-        super().__init__(in_features, sum(output_sizes), bias=bias)
-        self.output_sizes = list(output_sizes)
+        self.tp = building_group()
+        for size in output_sizes:
+            if size % self.tp.size:
+                raise ValueError(f"output size {size} does not split into {self.tp.size} parts")
+        self.output_sizes = [size // self.tp.size for size in output_sizes]
+        super().__init__(in_features, sum(self.output_sizes), bias=bias)
+
+    def shard_checkpoint(self, tensor: torch.Tensor, shard: Optional[int]) -> torch.Tensor:
+        # checkpoint shard [full_rows, ...] (a weight, a bias, or a quantized form's codes and
+        # scales) -> this rank's rows [full_rows / tp, ...]
+        return equal_part(tensor, 0, self.tp)
+
+
+class RowParallelLinear(Linear):
+    """A Linear whose input features are split across the group: each rank multiplies its
+    columns of the weight [out, in / tp] by its part of the input [T, in / tp] (the heads or the
+    intermediate features a column-parallel layer left on it), then the partial products are
+    summed over the ranks (all-reduce) and the bias, held whole, is added once."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+        self.tp = building_group()
+        if in_features % self.tp.size:
+            raise ValueError(f"input size {in_features} does not split into {self.tp.size} parts")
+        super().__init__(in_features // self.tp.size, out_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x [T, in / tp] -> [T, out]
+        if not self.tp.enabled:
+            return super().forward(x)
+        y = linear(x, self.weight, None, self.packed, self.quant, self.batch_invariant)
+        y = self.tp.all_reduce(y)
+        return y if self.bias is None else y + self.bias
+
+    def shard_checkpoint(self, tensor: torch.Tensor, shard: Optional[int] = None) -> torch.Tensor:
+        # weight [out, in] (or codes [out, in], scales [out, in / group]) -> [out, in / tp, ...];
+        # the bias [out] stays whole
+        return tensor if tensor.dim() == 1 else equal_part(tensor, 1, self.tp)
 
 
 class Embedding(nn.Embedding):
@@ -219,3 +264,53 @@ class Embedding(nn.Embedding):
 
     def reset_parameters(self) -> None:
         pass
+
+
+class VocabParallelEmbedding(Embedding):
+    """The vocabulary rows split across the group: the vocabulary is padded to a multiple of
+    the group size, rank r holds rows [r V' / tp, (r + 1) V' / tp) (the padding rows are zero).
+    A lookup takes the rows this rank holds (zeros for the others) and sums over the ranks.
+    Also the holder of an untied lm_head's weight (layers/logits.py gathers its logits)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        self.tp = building_group()
+        self.vocab_size = num_embeddings
+        self.padded_vocab_size = -(-num_embeddings // self.tp.size) * self.tp.size
+        self.vocab_start, rows = self.tp.shard_range(self.padded_vocab_size)
+        super().__init__(rows, embedding_dim)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # input_ids [T] int64 -> [T, D]
+        if not self.tp.enabled:
+            return super().forward(input_ids)
+        local = input_ids - self.vocab_start
+        held = (local >= 0) & (local < self.num_embeddings)
+        rows = F.embedding(local.clamp(0, self.num_embeddings - 1), self.weight)
+        return self.tp.all_reduce(rows * held.unsqueeze(-1).to(rows.dtype))
+
+    def shard_checkpoint(self, tensor: torch.Tensor, shard: Optional[int] = None) -> torch.Tensor:
+        # [V, ...] -> this rank's rows [V' / tp, ...], zero past V
+        return rows_padded(tensor, self.vocab_start, self.num_embeddings)
+
+
+def equal_part(tensor: torch.Tensor, dim: int, tp: TpGroup) -> torch.Tensor:
+    """This rank's equal part of tensor along dim (its size must split into tp.size parts)."""
+    if tp.size == 1:
+        return tensor
+    total = tensor.shape[dim]
+    if total % tp.size:
+        raise ValueError(
+            f"a tensor of shape {tuple(tensor.shape)} does not split into {tp.size} equal parts "
+            f"along dim {dim}"
+        )
+    start, size = tp.shard_range(total)
+    return tensor.narrow(dim, start, size)
+
+
+def rows_padded(tensor: torch.Tensor, start: int, rows: int) -> torch.Tensor:
+    """tensor[start : start + rows], zero rows where that runs past the end."""
+    part = tensor[start : start + rows]
+    if part.shape[0] == rows:
+        return part
+    pad = tensor.new_zeros((rows - part.shape[0], *tensor.shape[1:]))
+    return torch.cat([part, pad])

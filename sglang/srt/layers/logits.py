@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
+from sglang.srt.distributed.parallel_state import SINGLE, TpGroup
 from sglang.srt.layers.linear import dense_cpu_weight, linear, pack_weight
 from sglang.srt.layers.quantization import Bf16Weight, QuantWeight
 
@@ -40,7 +41,12 @@ class LogitsOutput:
 
 class LmHead:
     """The lm_head weight [V, D] and its faster forms (see layers/linear.py): a low-bit form for
-    small batches, a oneDNN-packed copy, or a float32 copy on CPUs without bf16 dot products."""
+    small batches, a oneDNN-packed copy, or a float32 copy on CPUs without bf16 dot products.
+
+    Vocabulary-parallel (tp.size N > 1): weight is this rank's rows [V' / N, D] (V' the vocab
+    padded to a multiple of N); every rank's logits are gathered (all-gather) and the padding
+    columns dropped, so each rank returns the full [T, vocab_size].
+    """
 
     def __init__(
         self,
@@ -48,8 +54,12 @@ class LmHead:
         quant: Optional[QuantWeight] = None,
         batch_invariant: bool = False,
         softcap: Optional[float] = None,
+        tp: TpGroup = SINGLE,
+        vocab_size: Optional[int] = None,
     ) -> None:
         self.batch_invariant = batch_invariant  # see layers/linear.py's linear_route
+        self.tp = tp
+        self.vocab_size = vocab_size or weight.shape[0] * tp.size
         # final logit soft-capping (Gemma 2): logits become cap * tanh(logits / cap)
         self.softcap = float(softcap) if softcap else None
         self.packed = pack_weight(weight)
@@ -60,7 +70,9 @@ class LmHead:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # x [T, D] -> logits [T, V]
-        logits = self._project(x)
+        logits = self._project(x)  # [T, V' / N] at tp size N
+        if self.tp.enabled:
+            logits = self.tp.all_gather_last(logits.float())[:, : self.vocab_size]
         if self.softcap is None:
             return logits
         return torch.tanh(logits.float() / self.softcap) * self.softcap

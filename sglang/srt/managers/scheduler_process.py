@@ -5,13 +5,15 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
+import signal
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import zmq
 
+from sglang.srt.distributed.parallel_state import TensorParallelError
 from sglang.srt.managers.io_struct import BatchReqOutput, Heartbeat, SchedulerFailed
 from sglang.srt.managers.output_processor import error_output
 from sglang.srt.managers.scheduler import Scheduler
@@ -45,7 +47,21 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs) -> None:
     send.send_pyobj(scheduler.ready_message())
     watchdog = Watchdog(scheduler, server_args.watchdog_timeout, ctx, port_args.tokenizer_ipc)
     watchdog.start()
-    event_loop(scheduler, recv, send, parent, watchdog)
+    if server_args.tp_size == 1:
+        event_loop(scheduler, recv, send, parent, watchdog)
+        return
+    # Tensor parallelism: SIGTERM ends the loop between steps, so the workers get a clean stop
+    # rather than a collective cut in half; a broken group ends the process with exit code 1.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    try:
+        event_loop(scheduler, recv, send, parent, watchdog, stop.is_set)
+    except TensorParallelError as e:
+        logger.error("the tensor-parallel group broke (%s); the scheduler exits", e)
+        sys.stderr.flush()
+        os._exit(1)
+    scheduler.runner.shutdown()
+    logger.info("scheduler and its tensor-parallel workers stopped")
 
 
 class Watchdog:
@@ -115,10 +131,13 @@ def event_loop(
     send: zmq.Socket,
     parent: int,
     watchdog: Optional[Watchdog] = None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> None:
+    """Receive, step, send until the parent exits or should_stop(); a TensorParallelError
+    (a rank gone) leaves the loop: the group cannot run another pass."""
     poller = zmq.Poller()
     poller.register(recv, zmq.POLLIN)
-    while True:
+    while not should_stop():
         if scheduler.running or scheduler.waiting:
             timeout = 0
         else:  # idle, or only grammars compiling in the background: no busy loop
@@ -129,11 +148,14 @@ def event_loop(
             logger.info("parent process exited; scheduler stops")
             return
         if not scheduler.has_work() and not scheduler.has_outputs():
+            scheduler.runner.ping_workers()  # idle tensor-parallel workers: still there?
             continue
         if watchdog is not None:
             watchdog.step_started()
         try:
             reqs = scheduler.step()
+        except TensorParallelError:
+            raise
         except Exception:
             logger.exception(
                 "scheduler step failed during %s; aborting the running requests",

@@ -132,7 +132,9 @@ def load_weights(
     `params`: the parameters to fill, each fully (default: all of model's); `packed` overrides
     model.packed_modules ({} loads one to one).
     NOTE: model.packed_modules maps a checkpoint projection name (q_proj) to our fused module
-    (qkv_proj) and the shard index in its MergedLinear.output_sizes.
+    (qkv_proj) and the shard index in its MergedLinear.output_sizes. A tensor-parallel layer
+    (layers/linear.py) holds one rank's shard: its shard_checkpoint() cuts that out of the full
+    checkpoint tensor before the copy, so each rank keeps only its slice.
     """
     params = dict(model.named_parameters()) if params is None else params
     packed = getattr(model, "packed_modules", {}) if packed is None else packed
@@ -147,6 +149,7 @@ def load_weights(
         if target not in params:
             raise ValueError(f"checkpoint tensor {name!r} has no place in {type(model).__name__}")
         start, size = _shard_rows(model, target, shard, params[target])
+        tensor = _rank_slice(model, target, shard, tensor)
         dest = params[target].data[start : start + size]
         if dest.shape != tensor.shape:
             raise ValueError(
@@ -164,6 +167,16 @@ def _packed_target(name: str, packed: dict) -> tuple[str, int | None]:
         if f".{short}." in name:
             return name.replace(f".{short}.", f".{fused}."), shard
     return name, None
+
+
+def _rank_slice(
+    model: nn.Module, target: str, shard: int | None, tensor: torch.Tensor
+) -> torch.Tensor:
+    """This rank's part of a checkpoint tensor for parameter `target` (all of it unless its
+    module is tensor-parallel)."""
+    owner = target.rsplit(".", 1)[0] if "." in target else ""
+    cut = getattr(model.get_submodule(owner), "shard_checkpoint", None)
+    return tensor if cut is None else cut(tensor, shard)
 
 
 def _shard_rows(

@@ -10,6 +10,13 @@ Each layer then multiplies small batches through its low-bit form and large ones
 dense weight, which is set to the low-bit form's exact dequantization, so both paths multiply
 by the same numbers. Low-bit forms exist for CPU only; elsewhere the dense weight is used.
 
+At tensor-parallel size N each rank builds the forms of its own shards: a GGUF tensor's codes,
+scales and zeros are cut the way the layer cuts the dense weight (its shard_checkpoint: output
+rows of q/k/v and gate/up, input groups of o_proj and down_proj, vocabulary rows of the lm_head),
+so a rank multiplies by exactly the numbers of its part of the tp_size 1 weight; int8 / int4 at
+load quantize each rank's dense shard (the same int4 groups; int8's one scale per row is then
+per row of the rank's columns in o_proj and down_proj).
+
 NOTE: every GGUF tensor mapped onto a form is checked against the weight transformers'
 GGUF reader dequantized for the same parameter; a tensor that does not agree (an unknown row
 order, say) keeps its dense weight and is logged.
@@ -152,6 +159,7 @@ def _from_gguf(
             codes = q.gguf_int4_codes(kind, raw)
             if perm is not None:
                 codes = tuple(t.index_select(0, perm) for t in codes)
+            codes = _rank_part(model.get_submodule(module_name), codes, shard)
         shards.setdefault(module_name, {})[shard if shard is not None else 0] = (
             codes if codes is not None else (kind,)
         )
@@ -177,11 +185,13 @@ def _lm_head_form(model, kind: str, raw: np.ndarray, tensor, report: QuantReport
     from gguf.quants import dequantize
 
     weight = model.lm_head_weight
+    owner = next((m for m in model.modules() if getattr(m, "weight", None) is weight), None)
     if kind in q.GGUF_INT8_TYPES:
-        form = q.quantize_int8(torch.from_numpy(dequantize(raw, tensor.tensor_type)))
+        full = torch.from_numpy(dequantize(raw, tensor.tensor_type))
+        form = q.quantize_int8(_rank_part(owner, (full,), None)[0])
         dense = q.int8_dequantize(form)
     elif kind in q.GGUF_INT4_TYPES:
-        codes, scale, zero = q.gguf_int4_codes(kind, raw)
+        codes, scale, zero = _rank_part(owner, q.gguf_int4_codes(kind, raw), None)
         form = q.int4_from_codes(codes, scale, zero)
         dense = q.int4_dequantize(codes, form)
     else:
@@ -194,6 +204,20 @@ def _lm_head_form(model, kind: str, raw: np.ndarray, tensor, report: QuantReport
     report.forms["lm_head"] = "int8" if isinstance(form, q.Int8Weight) else "int4"
     report.quant_bytes += form.nbytes
     return form
+
+
+def _rank_part(
+    module: Optional[nn.Module], tensors: tuple, shard: Optional[int]
+) -> Optional[tuple]:
+    """This rank's part of each of a GGUF tensor's codes / scales / zeros (all of them unless
+    the module is tensor-parallel); None where the int4 groups do not split evenly."""
+    cut = getattr(module, "shard_checkpoint", None)
+    if cut is None:
+        return tensors
+    try:
+        return tuple(cut(t, shard) for t in tensors)
+    except ValueError:
+        return None
 
 
 def _hf_name(gguf_name: str) -> Optional[str]:

@@ -1,5 +1,11 @@
 """Llama-family decoder (Llama 2/3, Mistral with its sliding window, SmolLM, TinyLlama) in plain
-PyTorch."""
+PyTorch.
+
+Tensor-parallel (sglang/srt/distributed): built at tp_size N, each rank holds H / N query heads
+and Hkv / N KV heads (qkv_proj column-parallel, o_proj row-parallel), I / N intermediate
+features (gate_up_proj column-parallel, down_proj row-parallel) and V' / N rows of the embedding
+and lm_head (vocabulary-parallel); the norms and rotary tables are whole on every rank.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from torch import nn
 from sglang.srt.configs.model_config import ModelConfig
 from sglang.srt.layers.activation import silu_and_mul
 from sglang.srt.layers.attention import Attention
-from sglang.srt.layers.linear import Embedding, Linear, MergedLinear
+from sglang.srt.layers.linear import MergedLinear, RowParallelLinear, VocabParallelEmbedding
 from sglang.srt.layers.norm import RMSNorm
 from sglang.srt.layers.rotary import Rope, RotaryEmbedding
 from sglang.srt.model_executor.forward_batch import ForwardBatch
@@ -19,16 +25,17 @@ class LlamaAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int, qkv_bias: bool) -> None:
         super().__init__()
         h, hkv, d = config.num_heads, config.num_kv_heads, config.head_dim
-        self.q_size, self.kv_size = h * d, hkv * d
         self.qkv_proj = MergedLinear(config.hidden_size, [h * d, hkv * d, hkv * d], bias=qkv_bias)
-        self.o_proj = Linear(h * d, config.hidden_size, bias=config.attention_bias)
+        self.o_proj = RowParallelLinear(h * d, config.hidden_size, bias=config.attention_bias)
+        tp = self.qkv_proj.tp.size  # this rank: h / tp query heads, hkv / tp KV heads
+        self.q_size, self.kv_size = h // tp * d, hkv // tp * d
         self.attn = Attention(
-            h, hkv, d, layer_id, sliding_window=config.sliding_window_of(layer_id)
+            h // tp, hkv // tp, d, layer_id, sliding_window=config.sliding_window_of(layer_id)
         )
 
     def forward(self, x: torch.Tensor, rope: Rope, forward_batch: ForwardBatch) -> torch.Tensor:
         # x: [T, hidden] -> [T, hidden]
-        qkv = self.qkv_proj(x)  # [T, (H + 2 Hkv) D]
+        qkv = self.qkv_proj(x)  # [T, (H + 2 Hkv) D], this rank's heads
         d, heads, kv_heads = self.attn.head_dim, self.attn.num_heads, self.attn.num_kv_heads
         # q and k get rotated together: one rotation per layer instead of two
         q, k = rope.rotate(qkv, heads + kv_heads, d).split([heads, kv_heads], dim=1)
@@ -41,7 +48,7 @@ class LlamaMLP(nn.Module):
         super().__init__()
         inter = config.intermediate_size
         self.gate_up_proj = MergedLinear(config.hidden_size, [inter, inter], bias=False)
-        self.down_proj = Linear(inter, config.hidden_size, bias=False)
+        self.down_proj = RowParallelLinear(inter, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
@@ -71,7 +78,7 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, config: ModelConfig, qkv_bias: bool) -> None:
         super().__init__()
-        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(config, i, qkv_bias) for i in range(config.num_layers)
         )
@@ -118,13 +125,15 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         self.model = LlamaModel(config, self.qkv_bias or config.attention_bias)
         if not config.tie_word_embeddings:
-            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+            # a weight holder [V' / tp, hidden]; the runner's LmHead multiplies by it
+            self.lm_head = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         # checkpoint tensors that have no parameter of their own here
         self.ignored_weights = {"lm_head.weight"} if config.tie_word_embeddings else set()
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
-        # [V, hidden]; a tied model reuses the embedding
+        # [V, hidden] (at tp_size N: this rank's rows [V' / N, hidden]); a tied model reuses
+        # the embedding
         if self.config.tie_word_embeddings:
             return self.model.embed_tokens.weight
         return self.lm_head.weight
