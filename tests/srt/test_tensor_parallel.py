@@ -124,7 +124,7 @@ class TestTinyModels:
 
     def test_kv_pool_is_split_by_heads(self, runners):
         """Each rank holds half the KV heads: half the bytes a token, out of a memory budget shared
-        by the 2 ranks of this node (the servers of tests/e2e/test_tensor_parallel.py size theirs
+        by the 2 ranks of this node (the servers of tests/e2e/test_tensor_parallel_server.py size theirs
         this way, the smallest over the ranks)."""
         single, parallel, _ = runners
         assert parallel.kv_heads == 1
