@@ -1,4 +1,4 @@
-"""Images through the real server on a tiny Qwen2-VL: greedy outputs equal to transformers'
+"""Images through the real server on a tiny Qwen2-VL and a tiny Qwen2.5-VL: greedy outputs equal to transformers'
 `generate` (one image, two images, chunked prefills cutting through them, decoding with the
 M-RoPE delta), the radix cache shared only between identical images, and an image sent as an
 OpenAI chat `image_url` part."""
@@ -22,11 +22,13 @@ GREEDY = {"max_new_tokens": 6, "temperature": 0, "ignore_eos": True}
 POSITIONS = {"a": 6, "b": 6, "tall": 8}  # merged patches of each test image
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
 def qwen_server(
-    launch_server_variant: Any, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    launch_server_variant: Any,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, str, dict[str, str]]]:
-    model = save_tiny_qwen2_vl(str(tmp_path_factory.mktemp("tiny-qwen2-vl")), "qwen2_vl")
+    model = save_tiny_qwen2_vl(str(tmp_path_factory.mktemp(f"tiny-{request.param}")), request.param)
     media = tmp_path_factory.mktemp("qwen-media")
     images = image_files(str(media))
     args = (
