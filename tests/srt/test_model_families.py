@@ -55,3 +55,37 @@ def test_deterministic_inference_refuses_what_it_cannot_keep_invariant(
     path = save_tiny(str(tmp_path), config_cls, model_cls, **overrides)
     with pytest.raises(ValueError, match=named):
         make_runner(path, enable_deterministic_inference=True)
+
+
+@pytest.mark.parametrize(
+    ("config_cls", "model_cls", "overrides"),
+    [
+        ("MistralConfig", "MistralModel", {"sliding_window": 8}),  # e5-mistral-style
+        ("Gemma2Config", "Gemma2Model", {"sliding_window": 8, "head_dim": 16}),  # bge-gemma2
+        ("Phi3Config", "Phi3Model", {"pad_token_id": 0}),
+    ],
+)
+def test_base_models_of_the_families_serve_embeddings(tmp_path, config_cls, model_cls, overrides):
+    """A base model saved without lm_head, as embedding models ship: our final hidden states
+    equal transformers' last_hidden_state, prompts longer than the window included."""
+    from types import SimpleNamespace
+
+    import torch
+    import transformers
+    from model_families import Driver, make_runner, random_ids
+
+    path = save_tiny(str(tmp_path), config_cls, model_cls, **overrides)
+    ref = getattr(transformers, model_cls).from_pretrained(path, dtype=torch.float32).eval()
+    runner = make_runner(path, is_embedding=True)
+    assert runner.is_embedding and runner.logits_processor is None
+    hidden_runner = SimpleNamespace(
+        req_to_token_pool=runner.req_to_token_pool,
+        token_to_kv_pool_allocator=runner.token_to_kv_pool_allocator,
+        forward=runner.forward_hidden,
+    )
+    prompts = [random_ids(n, n) for n in (1, 7, 30)]
+    hidden = Driver(hidden_runner).extend({f"r{i}": ids for i, ids in enumerate(prompts)})
+    for rows, ids in zip(hidden.split([len(p) for p in prompts]), prompts):
+        with torch.no_grad():
+            expected = ref(torch.tensor([ids])).last_hidden_state[0]  # [L, hidden]
+        torch.testing.assert_close(rows, expected, atol=1e-4, rtol=1e-4)
